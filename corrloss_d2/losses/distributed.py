@@ -1,0 +1,67 @@
+"""Gathering per-process samples so that a correlation is computed over the global batch."""
+from typing import List
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["gather_samples", "distributed_world_size"]
+
+
+def distributed_world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+class _AllGatherSumGrad(torch.autograd.Function):
+    """all_gather whose backward sums the gradients of every process.
+
+    Every process evaluates the same function of the gathered samples. Summing the processes'
+    gradients w.r.t. the gathered tensor and keeping the local slice gives ``W * dL/dx_local``;
+    DDP's gradient averaging over W processes then yields exactly ``dL/dtheta`` of the global loss.
+    """
+
+    @staticmethod
+    def forward(ctx, padded: torch.Tensor) -> torch.Tensor:
+        gathered = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, padded.contiguous())
+        return torch.stack(gathered)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[dist.get_rank()]
+
+
+def gather_samples(differentiable: torch.Tensor, *constants: torch.Tensor) -> List[torch.Tensor]:
+    """Concatenates 1-D per-sample tensors of all processes (rank order), sizes may differ.
+
+    Args:
+        differentiable: (N_r,) tensor whose gradient must reach this process's samples.
+        constants: further (N_r,) tensors gathered without gradient (IoUs, group ids).
+    Returns:
+        ``[differentiable_all, *constants_all]``, each (sum_r N_r,). Without an initialised
+        process group of more than one process, the inputs unchanged.
+    """
+    if distributed_world_size() == 1:
+        return [differentiable, *constants]
+    local_size = torch.tensor([differentiable.shape[0]], device=differentiable.device)
+    sizes = [torch.zeros_like(local_size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, local_size)
+    sizes = [int(s) for s in sizes]
+    padded_len = max(sizes)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t, t.new_zeros(padded_len - t.shape[0])])
+
+    def unpad(stacked: torch.Tensor) -> torch.Tensor:
+        return torch.cat([stacked[r, :n] for r, n in enumerate(sizes)])
+
+    outputs = [unpad(_AllGatherSumGrad.apply(pad(differentiable)))]
+    for t in constants:
+        gathered = [torch.empty(padded_len, dtype=t.dtype, device=t.device) for _ in sizes]
+        dist.all_gather(gathered, pad(t.detach()).contiguous())
+        outputs.append(unpad(torch.stack(gathered)))
+    return outputs
+

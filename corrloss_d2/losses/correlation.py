@@ -28,6 +28,11 @@ class GroupedCorrelation(NamedTuple):
     valid: torch.Tensor
     num_samples: torch.Tensor
 
+    def loss(self) -> torch.Tensor:
+        """``1 - mean rho`` over the valid groups; a connected zero when there is none."""
+        valid = self.valid.to(self.rho.dtype)
+        return ((1 - self.rho) * valid).sum() / valid.sum().clamp(min=1)
+
 
 def _validate(scores, ious, kind, groups, strength, min_samples) -> None:
     if kind not in CORRELATION_KINDS:
@@ -147,8 +152,6 @@ def correlation_loss(
     Returns:
         scalar float32 (float64 for float64 scores) tensor in [0, 2].
     """
-    corr = correlation_coefficients(scores, ious, kind, groups=groups, strength=strength,
+    return correlation_coefficients(scores, ious, kind, groups=groups, strength=strength,
                                     min_samples=min_samples,
-                                    gather_across_processes=gather_across_processes)
-    valid = corr.valid.to(corr.rho.dtype)
-    return ((1 - corr.rho) * valid).sum() / valid.sum().clamp(min=1)
+                                    gather_across_processes=gather_across_processes).loss()

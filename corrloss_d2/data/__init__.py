@@ -1,0 +1,3 @@
+from .datasets import DATA_ROOT_ENV, data_root, register_corrloss_datasets
+
+__all__ = ["DATA_ROOT_ENV", "data_root", "register_corrloss_datasets"]

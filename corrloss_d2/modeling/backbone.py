@@ -1,0 +1,25 @@
+"""Backbone builders detectron2 lacks in its yaml registry."""
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone import FPN, build_resnet_backbone
+from detectron2.modeling.backbone.fpn import LastLevelP6P7
+
+__all__ = ["build_fcos_resnet_fpn_backbone"]
+
+
+@BACKBONE_REGISTRY.register()
+def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """ResNet-FPN whose P6/P7 are computed from P5 (FCOS), not from C5 (RetinaNet).
+
+    Uses MODEL.RESNETS, MODEL.FPN.{IN_FEATURES, OUT_CHANNELS, NORM, FUSE_TYPE}; outputs p3..p7
+    when MODEL.FPN.IN_FEATURES is ["res3", "res4", "res5"].
+    """
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    return FPN(
+        bottom_up=build_resnet_backbone(cfg, input_shape),
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=out_channels,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelP6P7(out_channels, out_channels, in_feature="p5"),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )

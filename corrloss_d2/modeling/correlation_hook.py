@@ -1,0 +1,147 @@
+"""The correlation-aware loss terms a detector adds for its positives, and their logging."""
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+
+from ..config import validate_corrloss_config
+from ..losses import correlation_coefficients
+
+__all__ = ["CorrelationLossHook", "matched_box_iou"]
+
+IOU_FLOOR = 1e-6  # the paper clamps IoUs here so that a missed box is still a valid sample
+
+
+@torch.no_grad()
+def matched_box_iou(pred_boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.Tensor:
+    """IoU of ``pred_boxes[i]`` with ``gt_boxes[i]``.
+
+    Args:
+        pred_boxes, gt_boxes: (P, 4) boxes in XYXY. Inverted boxes (x2 < x1), which early
+            predictions of point-based heads can produce, count as empty.
+    Returns:
+        (P,) float32 (or wider) IoUs in ``[1e-6, 1]``, detached.
+    """
+    dtype = torch.promote_types(pred_boxes.dtype, torch.float32)
+    pred, gt = pred_boxes.to(dtype), gt_boxes.to(dtype)
+    pred_area = (pred[:, 2] - pred[:, 0]).clamp(min=0) * (pred[:, 3] - pred[:, 1]).clamp(min=0)
+    gt_area = (gt[:, 2] - gt[:, 0]).clamp(min=0) * (gt[:, 3] - gt[:, 1]).clamp(min=0)
+    top_left = torch.max(pred[:, :2], gt[:, :2])
+    bottom_right = torch.min(pred[:, 2:], gt[:, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=1)
+    union = pred_area + gt_area - inter
+    iou = torch.where(union > 0, inter / union.clamp(min=torch.finfo(dtype).tiny), 0.0)
+    return iou.clamp(min=IOU_FLOOR, max=1.0)
+
+
+class CorrelationLossHook(nn.Module):
+    """Correlation Loss ``λ·(1 − ρ(s, u))`` over a detector's positives, with logging.
+
+    Any detector can call it with the positives its assigner selected::
+
+        hook = CorrelationLossHook(cfg)              # or CorrelationLossHook(weight=0.1, ...)
+        losses.update(hook(gt_class_logits, pred_boxes, gt_boxes, image_index=img_ids))
+
+    In training it records in the event storage (TensorBoard, metrics.json): ``corr/rho`` (mean ρ
+    over the valid groups, measured even when ``weight`` is 0), ``corr/num_pos`` and
+    ``corr/valid_groups``.
+    """
+
+    @configurable
+    def __init__(self, *, weight: float, kind: str = "spearman", rank_strength: float = 1.0,
+                 group_by: str = "batch", min_positives: int = 2,
+                 gather_across_processes: bool = False, loss_name: str = "loss_corr",
+                 metric_prefix: str = "corr/"):
+        """
+        Args:
+            weight: λ; 0 adds no loss term (ρ is still logged).
+            kind: "pearson", "concordance" or "spearman".
+            rank_strength: soft-rank strength for "spearman" (see corrloss_d2.losses.soft_rank).
+            group_by: "batch", "level" or "image": which ids from the call split the positives
+                into groups, each with its own ρ (averaged).
+            min_positives: groups with fewer positives are skipped.
+            gather_across_processes: pool positives of all processes first.
+            loss_name, metric_prefix: names in the loss dict and the event storage (a detector
+                with several calls, e.g. one per stage, gives each its own).
+        """
+        super().__init__()
+        if group_by not in ("batch", "level", "image"):
+            raise ValueError(f"group_by must be 'batch', 'level' or 'image', got {group_by!r}")
+        self.weight = float(weight)
+        self.kind = kind
+        self.rank_strength = float(rank_strength)
+        self.group_by = group_by
+        self.min_positives = int(min_positives)
+        self.gather_across_processes = bool(gather_across_processes)
+        self.loss_name = loss_name
+        self.metric_prefix = metric_prefix
+
+    @classmethod
+    def from_config(cls, cfg, *, default_group_by: str = "batch", loss_name: str = "loss_corr",
+                    metric_prefix: str = "corr/"):
+        validate_corrloss_config(cfg)
+        corr = cfg.MODEL.CORR_LOSS
+        return {
+            "weight": corr.WEIGHT,
+            "kind": corr.TYPE,
+            "rank_strength": corr.RANK_STRENGTH,
+            "group_by": default_group_by if corr.GROUP_BY == "auto" else corr.GROUP_BY,
+            "min_positives": corr.MIN_POSITIVES,
+            "gather_across_processes": corr.GATHER_ACROSS_PROCESSES,
+            "loss_name": loss_name,
+            "metric_prefix": metric_prefix,
+        }
+
+    def extra_repr(self) -> str:
+        return (f"weight={self.weight}, kind={self.kind}, rank_strength={self.rank_strength}, "
+                f"group_by={self.group_by}, min_positives={self.min_positives}")
+
+    def _group_ids(self, level_index, image_index) -> Optional[torch.Tensor]:
+        if self.group_by == "batch":
+            return None
+        ids = level_index if self.group_by == "level" else image_index
+        if ids is None:
+            raise ValueError(f"CorrelationLossHook(group_by={self.group_by!r}) needs "
+                             f"{self.group_by}_index from its caller")
+        if self.group_by == "image" and self.gather_across_processes:
+            ids = ids + (comm.get_rank() << 32)  # image ids are per process; keep them apart
+        return ids
+
+    def forward(self, gt_class_logits: torch.Tensor, pred_boxes: torch.Tensor,
+                gt_boxes: torch.Tensor, *, level_index: Optional[torch.Tensor] = None,
+                image_index: Optional[torch.Tensor] = None,
+                ious: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            gt_class_logits: (P,) classification logit of each positive's ground-truth class.
+            pred_boxes: (P, 4) decoded predicted boxes of the positives (XYXY, image pixels).
+            gt_boxes: (P, 4) their assigned ground-truth boxes.
+            level_index, image_index: (P,) integer FPN level / image of each positive; the one
+                named by ``group_by`` is required.
+            ious: (P,) precomputed ``matched_box_iou(pred_boxes, gt_boxes)`` to reuse, or None.
+        Returns:
+            ``{loss_name: λ·(1 − mean ρ)}``, or an empty dict when ``weight`` is 0.
+        """
+        if ious is None:
+            ious = matched_box_iou(pred_boxes, gt_boxes)
+        groups = self._group_ids(level_index, image_index)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.weight > 0):
+            corr = correlation_coefficients(
+                torch.sigmoid(gt_class_logits.float()), ious, self.kind, groups=groups,
+                strength=self.rank_strength, min_samples=self.min_positives,
+                gather_across_processes=self.gather_across_processes)
+            loss = corr.loss()
+        if self.training:
+            storage = get_event_storage()
+            num_valid = int(corr.valid.sum())
+            if num_valid:
+                storage.put_scalar(self.metric_prefix + "rho", 1 - loss.item())
+            storage.put_scalar(self.metric_prefix + "num_pos", float(ious.numel()))
+            storage.put_scalar(self.metric_prefix + "valid_groups", float(num_valid))
+        if self.weight == 0:
+            return {}
+        return {self.loss_name: self.weight * loss}

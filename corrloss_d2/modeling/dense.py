@@ -1,0 +1,149 @@
+"""Pieces shared by the correlation-aware dense detectors (CorrRetinaNet, CorrFCOS)."""
+from typing import Dict, List, NamedTuple
+
+import torch
+from fvcore.nn import sigmoid_focal_loss_jit
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling.box_regression import _dense_box_regression_loss
+from detectron2.structures import Boxes
+from detectron2.utils.events import get_event_storage
+
+from ..config import validate_corrloss_config
+from ..losses import ia_bce_loss, quality_focal_loss, varifocal_loss
+from .correlation_hook import matched_box_iou
+
+__all__ = ["ClassificationLoss", "DensePositives", "DenseLosses", "CorrelationAwareDenseMixin"]
+
+
+class ClassificationLoss(nn.Module):
+    """Sigmoid classification loss of a detector: focal, IA-BCE, QFL or VFL.
+
+    Called as ``loss(logits (M, K), labels (M,), ious (M,), normalizer)`` with labels ``0..K-1``
+    foreground and ``K`` background (no ignored rows), ``ious`` read at foreground rows.
+    """
+
+    @configurable
+    def __init__(self, *, kind: str = "focal", focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 ia_bce_alpha: float = 0.25, ia_bce_gamma: float = 2.0, qfl_beta: float = 2.0,
+                 vfl_alpha: float = 0.75, vfl_gamma: float = 2.0):
+        super().__init__()
+        self.kind = kind
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.options = {
+            "ia_bce": {"alpha": ia_bce_alpha, "gamma": ia_bce_gamma},
+            "qfl": {"beta": qfl_beta},
+            "vfl": {"alpha": vfl_alpha, "gamma": vfl_gamma},
+        }
+        self.iou_aware_fns = {"ia_bce": ia_bce_loss, "qfl": quality_focal_loss, "vfl": varifocal_loss}
+        if kind != "focal" and kind not in self.iou_aware_fns:
+            raise ValueError(f"classification loss must be one of focal, ia_bce, qfl, vfl; got {kind!r}")
+
+    @classmethod
+    def from_config(cls, cfg, *, focal_alpha: float, focal_gamma: float):
+        validate_corrloss_config(cfg)
+        c = cfg.MODEL.CLS_LOSS
+        return {"kind": c.TYPE, "focal_alpha": focal_alpha, "focal_gamma": focal_gamma,
+                "ia_bce_alpha": c.IA_BCE_ALPHA, "ia_bce_gamma": c.IA_BCE_GAMMA, "qfl_beta": c.QFL_BETA,
+                "vfl_alpha": c.VFL_ALPHA, "vfl_gamma": c.VFL_GAMMA}
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}"
+
+    def forward(self, logits, labels, ious, normalizer) -> torch.Tensor:
+        if self.kind == "focal":  # exactly detectron2's RetinaNet / FCOS classification loss
+            target = F.one_hot(labels, num_classes=logits.shape[-1] + 1)[:, :-1].to(logits.dtype)
+            return sigmoid_focal_loss_jit(logits, target, alpha=self.focal_alpha,
+                                          gamma=self.focal_gamma, reduction="sum") / normalizer
+        return self.iou_aware_fns[self.kind](logits, labels, ious, normalizer=normalizer,
+                                             **self.options[self.kind])
+
+
+class DensePositives(NamedTuple):
+    """The positives of a batch, P of them, in (image, anchor) row-major order.
+
+    gt_class_logits: (P,) logit of the assigned ground-truth class (carries gradient).
+    pred_boxes: (P, 4) decoded predicted boxes, XYXY, detached.
+    gt_boxes: (P, 4) assigned ground-truth boxes.
+    ious: (P,) IoU of pred_boxes with gt_boxes, detached, in [1e-6, 1].
+    level_index: (P,) int64 FPN level of each positive. image_index: (P,) int64 image.
+    """
+
+    gt_class_logits: torch.Tensor
+    pred_boxes: torch.Tensor
+    gt_boxes: torch.Tensor
+    ious: torch.Tensor
+    level_index: torch.Tensor
+    image_index: torch.Tensor
+
+
+class DenseLosses(NamedTuple):
+    cls: torch.Tensor
+    box: torch.Tensor
+    corr: Dict[str, torch.Tensor]
+    pos_mask: torch.Tensor
+    normalizer: float
+
+
+class CorrelationAwareDenseMixin:
+    """Loss computation of a detectron2 DenseDetector with a configurable classification loss and
+    a :class:`CorrelationLossHook`. The host class provides ``num_classes``,
+    ``box2box_transform``, ``classification_loss``, ``correlation_hook`` and ``_ema_update``.
+    """
+
+    def positive_samples(self, anchors: List[Boxes], logits: torch.Tensor, gt_labels: torch.Tensor,
+                         pred_anchor_deltas: List[torch.Tensor], gt_boxes: List[torch.Tensor],
+                         pos_mask: torch.Tensor) -> DensePositives:
+        """
+        Args:
+            anchors: per level, (R_l,) Boxes. logits: (N, R, K) all levels concatenated.
+            gt_labels: (N, R) labels (-1 ignore, 0..K-1 foreground, K background).
+            pred_anchor_deltas: per level (N, R_l, 4). gt_boxes: per image (R, 4).
+            pos_mask: (N, R) bool foreground anchors.
+        """
+        image_index, anchor_index = pos_mask.nonzero(as_tuple=True)
+        labels = gt_labels[image_index, anchor_index]
+        gt_class_logits = logits[image_index, anchor_index, labels]
+        level_sizes = torch.tensor([len(a) for a in anchors], device=logits.device)
+        level_of_anchor = torch.repeat_interleave(torch.arange(len(anchors), device=logits.device),
+                                                  level_sizes)
+        with torch.no_grad():
+            deltas = cat(pred_anchor_deltas, dim=1)[image_index, anchor_index]
+            anchor_boxes = Boxes.cat(anchors).tensor[anchor_index]
+            pred_boxes = self.box2box_transform.apply_deltas(deltas.float(), anchor_boxes)
+            matched_gt = torch.stack(gt_boxes)[image_index, anchor_index]
+            ious = matched_box_iou(pred_boxes, matched_gt)
+        return DensePositives(gt_class_logits, pred_boxes, matched_gt, ious,
+                              level_of_anchor[anchor_index], image_index)
+
+    def dense_losses(self, anchors: List[Boxes], pred_logits: List[torch.Tensor],
+                     gt_labels: List[torch.Tensor], pred_anchor_deltas: List[torch.Tensor],
+                     gt_boxes: List[torch.Tensor], *, ema_initial: float, box_reg_loss_type: str,
+                     smooth_l1_beta: float = 0.0) -> DenseLosses:
+        """Classification, box regression and correlation terms, normalised like detectron2's
+        RetinaNet/FCOS (EMA of the positive count, starting at ``ema_initial``)."""
+        num_images = len(gt_labels)
+        gt_labels = torch.stack(gt_labels)  # (N, R)
+        valid_mask = gt_labels >= 0
+        pos_mask = valid_mask & (gt_labels != self.num_classes)
+        num_pos_anchors = pos_mask.sum().item()
+        get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors / num_images)
+        normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), ema_initial)
+
+        logits = cat(pred_logits, dim=1)
+        positives = self.positive_samples(anchors, logits, gt_labels, pred_anchor_deltas, gt_boxes,
+                                          pos_mask)
+        ious = torch.zeros(gt_labels.shape, dtype=positives.ious.dtype, device=logits.device)
+        ious[pos_mask] = positives.ious
+        loss_cls = self.classification_loss(logits[valid_mask], gt_labels[valid_mask],
+                                            ious[valid_mask], normalizer)
+        loss_box = _dense_box_regression_loss(
+            anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask,
+            box_reg_loss_type=box_reg_loss_type, smooth_l1_beta=smooth_l1_beta) / normalizer
+        corr = self.correlation_hook(positives.gt_class_logits, positives.pred_boxes,
+                                     positives.gt_boxes, level_index=positives.level_index,
+                                     image_index=positives.image_index, ious=positives.ious)
+        return DenseLosses(loss_cls, loss_box, corr, pos_mask, normalizer)

@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Train and evaluate corrloss_d2 detectors (CorrRetinaNet, CorrFCOS) with Detectron2.
+
+    python train_net.py --config-file configs/CPU/retinanet_R_18_FPN_raccoon_scratch.yaml
+    python train_net.py --num-gpus 8 --config-file configs/COCO-Detection/retinanet_R_50_FPN_1x_corr_spearman_0.1.yaml
+    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
+"""
+import logging
+
+import corrloss_d2  # noqa: F401  (registers meta-architectures, backbones and datasets)
+from corrloss_d2 import add_corrloss_config, validate_corrloss_config
+from corrloss_d2.evaluation import build_box_evaluator
+
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer whose evaluator covers COCO-format and Cityscapes datasets."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_box_evaluator(cfg, dataset_name, output_folder)
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_corrloss_config(cfg)  # before merging: the yaml files use MODEL.CORR_LOSS/CLS_LOSS/FCOS
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    validate_corrloss_config(cfg)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def invoke_main() -> None:
+    args = default_argument_parser().parse_args()
+    logging.getLogger("corrloss_d2").info("Command line arguments: %s", args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    invoke_main()

@@ -14,7 +14,7 @@ from detectron2.utils.events import get_event_storage
 
 from ..config import validate_corrloss_config
 from ..losses import ia_bce_loss, quality_focal_loss, varifocal_loss
-from .correlation_hook import matched_box_iou
+from .correlation_hook import CorrelationLossHook, matched_box_iou
 
 __all__ = ["ClassificationLoss", "DensePositives", "DenseLosses", "CorrelationAwareDenseMixin"]
 
@@ -90,9 +90,23 @@ class DenseLosses(NamedTuple):
 
 class CorrelationAwareDenseMixin:
     """Loss computation of a detectron2 DenseDetector with a configurable classification loss and
-    a :class:`CorrelationLossHook`. The host class provides ``num_classes``,
-    ``box2box_transform``, ``classification_loss``, ``correlation_hook`` and ``_ema_update``.
+    a :class:`CorrelationLossHook`; put it before the detector class in the bases. The detector
+    provides ``num_classes``, ``box2box_transform``, ``_ema_update`` and a ``from_config``.
     """
+
+    @configurable
+    def __init__(self, *, classification_loss: ClassificationLoss,
+                 correlation_hook: CorrelationLossHook, **kwargs):
+        """
+        Args:
+            classification_loss: replaces the detector's focal loss
+                (``ClassificationLoss(kind="focal")`` reproduces it).
+            correlation_hook: the correlation term over the positive anchors.
+            kwargs: the detector's own constructor arguments.
+        """
+        super().__init__(**kwargs)
+        self.classification_loss = classification_loss
+        self.correlation_hook = correlation_hook
 
     def positive_samples(self, anchors: List[Boxes], logits: torch.Tensor, gt_labels: torch.Tensor,
                          pred_anchor_deltas: List[torch.Tensor], gt_boxes: List[torch.Tensor],

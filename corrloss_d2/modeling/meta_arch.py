@@ -2,7 +2,6 @@
 import torch
 from torch.nn import functional as F
 
-from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
@@ -19,21 +18,8 @@ __all__ = ["CorrRetinaNet", "CorrFCOS"]
 class CorrRetinaNet(CorrelationAwareDenseMixin, RetinaNet):
     """detectron2's RetinaNet with a configurable classification loss (MODEL.CLS_LOSS) and
     Correlation Loss (MODEL.CORR_LOSS; the paper groups per FPN level). With CORR_LOSS.WEIGHT 0
-    and CLS_LOSS.TYPE "focal" its losses equal RetinaNet's."""
-
-    @configurable
-    def __init__(self, *, classification_loss: ClassificationLoss,
-                 correlation_hook: CorrelationLossHook, **kwargs):
-        """
-        Args:
-            classification_loss: replaces the focal loss (``ClassificationLoss(kind="focal")``
-                reproduces it).
-            correlation_hook: the correlation term over the positive anchors.
-            kwargs: arguments of :class:`detectron2.modeling.RetinaNet`.
-        """
-        super().__init__(**kwargs)
-        self.classification_loss = classification_loss
-        self.correlation_hook = correlation_hook
+    and CLS_LOSS.TYPE "focal" its losses equal RetinaNet's. Constructor: the arguments of
+    :class:`detectron2.modeling.RetinaNet` plus ``classification_loss`` and ``correlation_hook``."""
 
     @classmethod
     def from_config(cls, cfg):
@@ -59,19 +45,9 @@ class CorrFCOS(CorrelationAwareDenseMixin, FCOS):
     """detectron2's FCOS, configurable from yaml (MODEL.FCOS, with the backbone
     ``build_fcos_resnet_fpn_backbone``), with MODEL.CLS_LOSS and MODEL.CORR_LOSS (the paper
     computes one ρ over the batch for single-stage point detectors). With CORR_LOSS.WEIGHT 0 and
-    CLS_LOSS.TYPE "focal" its losses equal FCOS's."""
-
-    @configurable
-    def __init__(self, *, classification_loss: ClassificationLoss,
-                 correlation_hook: CorrelationLossHook, **kwargs):
-        """
-        Args:
-            classification_loss, correlation_hook: as in :class:`CorrRetinaNet`.
-            kwargs: arguments of :class:`detectron2.modeling.meta_arch.fcos.FCOS`.
-        """
-        super().__init__(**kwargs)
-        self.classification_loss = classification_loss
-        self.correlation_hook = correlation_hook
+    CLS_LOSS.TYPE "focal" its losses equal FCOS's. Constructor: the arguments of
+    :class:`detectron2.modeling.meta_arch.fcos.FCOS` plus ``classification_loss`` and
+    ``correlation_hook``."""
 
     @classmethod
     def from_config(cls, cfg):

@@ -11,11 +11,26 @@ import corrloss_d2  # noqa: F401  (registers meta-architectures, backbones and d
 from corrloss_d2 import add_corrloss_config, validate_corrloss_config
 from corrloss_d2.evaluation import build_box_evaluator
 
+import detectron2.engine.defaults as engine_defaults
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+
+_create_ddp_model = engine_defaults.create_ddp_model
+
+
+def create_ddp_model_on_any_device(model, **kwargs):
+    """detectron2's create_ddp_model passes device_ids=[local_rank] even for a CPU model, which
+    DistributedDataParallel rejects; CPU models (MODEL.DEVICE cpu, GLOO) get no device_ids."""
+    if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return _create_ddp_model(model, **kwargs)
+
+
+# DefaultTrainer.__init__ looks the function up in its module at call time.
+engine_defaults.create_ddp_model = create_ddp_model_on_any_device
 
 
 class Trainer(DefaultTrainer):

@@ -65,12 +65,12 @@ def main() -> None:
 
     print(f"device={device} threads={args.threads} torch={torch.__version__} "
           f"torchsort={'yes' if reference_rank else 'not installed'}")
-    header = f"{'case':<34}{'N':>8}{'groups':>8}{'ms':>10}"
+    header = f"{'case':<42}{'N':>8}{'groups':>8}{'ms':>10}"
     print(header + ("   ratio vs torchsort" if reference_rank else ""))
     print("-" * (len(header) + (21 if reference_rank else 0)))
 
     def report(case, n, groups, ms, ratio=None):
-        line = f"{case:<34}{n:>8}{groups:>8}{ms:>10.3f}"
+        line = f"{case:<42}{n:>8}{groups:>8}{ms:>10.3f}"
         print(line + (f"{ratio:>21.2f}" if ratio is not None else ""))
 
     for n in args.sizes:

@@ -53,15 +53,24 @@ def _validate(scores, ious, kind, groups, strength, min_samples) -> None:
         raise ValueError(f"soft-rank strength must be positive, got {strength!r}")
 
 
+def _group_sum(values, index, num_groups):
+    """(G,) sums of ``values`` (N,) per group; one group is a plain (faster) reduction."""
+    if num_groups == 1:
+        return values.sum(0, keepdim=True)
+    return values.new_zeros(num_groups).index_add(0, index, values)
+
+
 def _pearson_per_group(x, y, index, num_groups, count, eps):
-    """Population Pearson and the moments CCC needs, per group; x carries the gradient."""
-    mean_x = x.new_zeros(num_groups).index_add(0, index, x) / count
-    mean_y = y.new_zeros(num_groups).index_add(0, index, y) / count
-    dx = x - mean_x[index]
-    dy = y - mean_y[index]
-    var_x = x.new_zeros(num_groups).index_add(0, index, dx * dx) / count
-    var_y = y.new_zeros(num_groups).index_add(0, index, dy * dy) / count
-    cov = x.new_zeros(num_groups).index_add(0, index, dx * dy) / count
+    """Population moments per group (two-pass, centred); x carries the gradient.
+
+    Returns (cov, var_x, var_y, mean_x, mean_y, nonconstant), each (G,)."""
+    mean_x = _group_sum(x, index, num_groups) / count
+    mean_y = _group_sum(y, index, num_groups) / count
+    dx = x - (mean_x if num_groups == 1 else mean_x[index])
+    dy = y - (mean_y if num_groups == 1 else mean_y[index])
+    var_x = _group_sum(dx * dx, index, num_groups) / count
+    var_y = _group_sum(dy * dy, index, num_groups) / count
+    cov = _group_sum(dx * dy, index, num_groups) / count
     nonconstant = (var_x.detach() > eps) & (var_y > eps)
     return cov, var_x, var_y, mean_x, mean_y, nonconstant
 

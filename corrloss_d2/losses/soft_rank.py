@@ -5,9 +5,9 @@ soft rank of ``x`` with strength ``eps`` is the projection of ``x / eps`` onto t
 ``(1, ..., n)``. Sorting ``z = x / eps`` in non-increasing order reduces the projection to an
 isotonic regression of ``z_sorted - (n, ..., 1)``, solved exactly by pool-adjacent-violators (PAV).
 
-The forward pass runs on the CPU (one compiled kernel: group, sort, PAV); it records which PAV
-block each value fell in, and the backward pass applies the projection's exact Jacobian (identity
-minus averaging within blocks) with tensor ops on the input's device.
+The forward pass runs on the CPU (numpy's sort, then one compiled kernel: group, PAV); it records
+which PAV block each value fell in, and the backward pass applies the projection's exact Jacobian
+(identity minus averaging within blocks) with a second kernel.
 """
 import numba
 import numpy as np
@@ -80,28 +80,44 @@ def _soft_rank_kernel(z, descending, group_index, num_groups, centered, ranks, b
     return num_blocks
 
 
+@numba.njit(cache=True, nogil=True)
+def _within_block_deviation(grad, block, num_blocks, out):
+    """``out = grad - mean of grad over its block``: the Jacobian of the projection applied to
+    ``grad`` (symmetric, so the same for the vector-Jacobian product)."""
+    total = np.zeros(num_blocks, np.float64)
+    count = np.zeros(num_blocks, np.float64)
+    for i in range(grad.shape[0]):
+        total[block[i]] += grad[i]
+        count[block[i]] += 1.0
+    for i in range(grad.shape[0]):
+        out[i] = grad[i] - total[block[i]] / count[block[i]]
+
+
 class _PermutahedronProjection(torch.autograd.Function):
-    """Soft ranks of ``x / strength`` within groups; exact Jacobian in backward."""
+    """Soft ranks of ``x / strength`` within groups; exact Jacobian in backward. Both passes run
+    on the CPU (one compiled kernel each); results go back to the input's device."""
 
     @staticmethod
     def forward(ctx, x, group_index, num_groups, strength, centered):
         z = x.detach().to("cpu", torch.float64).numpy() / strength
+        if not np.isfinite(z).all():
+            raise ValueError("soft_rank got non-finite values (inf or NaN, or overflow of "
+                             "x / strength); ranks are undefined for them")
         ranks = np.empty_like(z)
         block = np.empty(z.shape[0], np.int64)
-        num_blocks = _soft_rank_kernel(z, np.argsort(-z), group_index.to("cpu", torch.int64).numpy(),
-                                       num_groups, centered, ranks, block)
-        block_t = torch.from_numpy(block).to(x.device)
-        ctx.save_for_backward(block_t)
-        ctx.num_blocks, ctx.strength = num_blocks, strength
+        ctx.num_blocks = _soft_rank_kernel(z, np.argsort(-z), group_index, num_groups, centered,
+                                           ranks, block)
+        ctx.block, ctx.strength = block, strength
         return torch.from_numpy(ranks).to(x.device, x.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        (block,) = ctx.saved_tensors
-        block_size = torch.bincount(block, minlength=ctx.num_blocks).to(grad.dtype)
-        block_mean = grad.new_zeros(ctx.num_blocks).index_add(0, block, grad) / block_size
-        return (grad - block_mean[block]) / ctx.strength, None, None, None, None
+        grad_np = grad.detach().to("cpu", torch.float64).numpy()
+        out = np.empty_like(grad_np)
+        _within_block_deviation(grad_np, ctx.block, ctx.num_blocks, out)
+        grad_x = torch.from_numpy(out / ctx.strength).to(grad.device, grad.dtype)
+        return grad_x, None, None, None, None
 
 
 def _check_inputs(x: torch.Tensor, strength: float) -> None:
@@ -110,8 +126,6 @@ def _check_inputs(x: torch.Tensor, strength: float) -> None:
                         f"{getattr(x, 'dtype', '')}")
     if not (isinstance(strength, (int, float)) and np.isfinite(strength) and strength > 0):
         raise ValueError(f"soft_rank strength must be a positive finite number, got {strength!r}")
-    if x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError("soft_rank got non-finite values (inf or NaN); ranks are undefined for them")
 
 
 def soft_rank(x: torch.Tensor, strength: float = 1.0, *, backend: str = "native") -> torch.Tensor:
@@ -155,7 +169,7 @@ def soft_rank(x: torch.Tensor, strength: float = 1.0, *, backend: str = "native"
         return ranks.reshape(x.shape)
 
     num_rows = rows.shape[0]
-    row_index = torch.arange(num_rows).repeat_interleave(n)  # consumed on the CPU
+    row_index = np.repeat(np.arange(num_rows, dtype=np.int64), n)
     ranks = _PermutahedronProjection.apply(rows.reshape(-1), row_index, num_rows, strength, False)
     return ranks.reshape(x.shape)
 
@@ -178,4 +192,5 @@ def grouped_soft_rank(x: torch.Tensor, group_index: torch.Tensor, num_groups: in
     _check_inputs(x, strength)
     if x.numel() == 0:
         return x * 0
-    return _PermutahedronProjection.apply(x, group_index, num_groups, strength, centered)
+    group_np = group_index.to("cpu", torch.int64).numpy()
+    return _PermutahedronProjection.apply(x, group_np, num_groups, strength, centered)

@@ -56,3 +56,18 @@ def test_train_then_evaluate_and_resume(tmp_path, arch, score_key, check_loss_dr
     log = train_net("--config-file", config, "--resume", "SOLVER.MAX_ITER", "64", *common, cwd=tmp_path)
     assert "Starting training from iteration 60" in log
     assert max(r["iteration"] for r in metrics(out) if "total_loss" in r) == 63
+
+
+def test_two_process_cpu_training_with_ddp_and_gathered_correlation(tmp_path):
+    """detectron2's launcher with 2 processes (GLOO): DDP without find_unused_parameters fails
+    if any parameter misses a gradient, and the correlation is computed over both processes'
+    positives."""
+    config = os.path.join(REPO, "configs", "CPU", "fcos_R_18_FPN_raccoon_scratch.yaml")
+    out = str(tmp_path / "out")
+    log = train_net("--num-gpus", "2", "--config-file", config, *FAST, "SOLVER.MAX_ITER", "8",
+                    "SOLVER.IMS_PER_BATCH", "4", "MODEL.CORR_LOSS.GATHER_ACROSS_PROCESSES", "True",
+                    "DATASETS.TEST", "()", "OUTPUT_DIR", out, cwd=tmp_path)
+    assert "World size: 2" in log
+    records = [r for r in metrics(out) if "total_loss" in r]
+    assert records and all(math.isfinite(r["total_loss"]) for r in records)
+    assert records[-1]["iteration"] == 7

@@ -154,9 +154,11 @@ class CorrelationAwareDenseMixin:
         ious[pos_mask] = positives.ious
         loss_cls = self.classification_loss(logits[valid_mask], gt_labels[valid_mask],
                                             ious[valid_mask], normalizer)
+        # Box losses from float32 deltas: under autocast fvcore's GIoU loss mixes dtypes and
+        # fails (detectron2's FCOS too); in float32 training .float() is the identity.
         loss_box = _dense_box_regression_loss(
-            anchors, self.box2box_transform, pred_anchor_deltas, gt_boxes, pos_mask,
-            box_reg_loss_type=box_reg_loss_type, smooth_l1_beta=smooth_l1_beta) / normalizer
+            anchors, self.box2box_transform, [d.float() for d in pred_anchor_deltas], gt_boxes,
+            pos_mask, box_reg_loss_type=box_reg_loss_type, smooth_l1_beta=smooth_l1_beta) / normalizer
         corr = self.correlation_hook(positives.gt_class_logits, positives.pred_boxes,
                                      positives.gt_boxes, level_index=positives.level_index,
                                      image_index=positives.image_index, ious=positives.ious)

@@ -22,8 +22,9 @@ __all__ = ["ClassificationLoss", "DensePositives", "DenseLosses", "CorrelationAw
 class ClassificationLoss(nn.Module):
     """Sigmoid classification loss of a detector: focal, IA-BCE, QFL or VFL.
 
-    Called as ``loss(logits (M, K), labels (M,), ious (M,), normalizer)`` with labels ``0..K-1``
-    foreground and ``K`` background (no ignored rows), ``ious`` read at foreground rows.
+    Called as ``loss(logits (M, K), labels (M,), ious (M,) or None, normalizer)`` with labels
+    ``0..K-1`` foreground and ``K`` background (no ignored rows), ``ious`` read at foreground rows
+    (needed when :attr:`uses_ious`).
     """
 
     @configurable
@@ -52,6 +53,11 @@ class ClassificationLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}"
+
+    @property
+    def uses_ious(self) -> bool:
+        """False for focal loss, which ignores ``ious`` (callers may pass None)."""
+        return self.kind != "focal"
 
     def forward(self, logits, labels, ious, normalizer) -> torch.Tensor:
         if self.kind == "focal":  # exactly detectron2's RetinaNet / FCOS classification loss
@@ -150,10 +156,13 @@ class CorrelationAwareDenseMixin:
         logits = cat(pred_logits, dim=1)
         positives = self.positive_samples(anchors, logits, gt_labels, pred_anchor_deltas, gt_boxes,
                                           pos_mask)
-        ious = torch.zeros(gt_labels.shape, dtype=positives.ious.dtype, device=logits.device)
-        ious[pos_mask] = positives.ious
-        loss_cls = self.classification_loss(logits[valid_mask], gt_labels[valid_mask],
-                                            ious[valid_mask], normalizer)
+        ious = None
+        if self.classification_loss.uses_ious:
+            ious = torch.zeros(gt_labels.shape, dtype=positives.ious.dtype, device=logits.device)
+            ious[pos_mask] = positives.ious
+            ious = ious[valid_mask]
+        loss_cls = self.classification_loss(logits[valid_mask], gt_labels[valid_mask], ious,
+                                            normalizer)
         # Box losses from float32 deltas: under autocast fvcore's GIoU loss mixes dtypes and
         # fails (detectron2's FCOS too); in float32 training .float() is the identity.
         loss_box = _dense_box_regression_loss(

@@ -113,14 +113,14 @@ def correlation_coefficients(
     with torch.autocast(device_type=scores.device.type, enabled=False):
         x = scores.to(dtype)
         y = ious.detach().to(dtype)
-        if groups is None:
+        single_group = groups is None
+        if single_group:
             groups = torch.zeros(x.shape, dtype=torch.int64, device=x.device)
-            if gather_across_processes:
-                x, y, groups = gather_samples(x, y, groups)
+        if gather_across_processes:
+            x, y, groups = gather_samples(x, y, groups)
+        if single_group:
             index, num_groups = groups, 1
         else:
-            if gather_across_processes:
-                x, y, groups = gather_samples(x, y, groups)
             group_ids, index = torch.unique(groups, return_inverse=True)
             num_groups = group_ids.numel()
         num_samples = torch.bincount(index, minlength=num_groups)

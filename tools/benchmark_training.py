@@ -71,19 +71,21 @@ def fixed_batches(arch: str, device: str, count: int) -> List:
 
 
 def train(model, batches, iters: int, device: str) -> float:
-    """Runs ``iters`` SGD steps cycling through ``batches``; returns seconds."""
-    optimizer = model.__dict__.setdefault("_bench_opt", torch.optim.SGD(model.parameters(), lr=0.005,
-                                                                        momentum=0.9))
+    """Runs ``iters`` SGD steps cycling through ``batches``, continuing the model's own optimizer
+    and iteration count across calls; returns seconds."""
+    if not hasattr(model, "bench_optimizer"):
+        model.bench_optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
+        model.bench_iter = 0
     model.train()
     start = time.perf_counter()
-    with EventStorage(getattr(model, "_bench_iter", 0)) as storage:
+    with EventStorage(model.bench_iter) as storage:
         for i in range(iters):
             losses = model(batches[i % len(batches)])
-            optimizer.zero_grad()
+            model.bench_optimizer.zero_grad()
             sum(losses.values()).backward()
-            optimizer.step()
+            model.bench_optimizer.step()
             storage.iter += 1
-        model._bench_iter = storage.iter
+        model.bench_iter = storage.iter
     if device == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start

@@ -16,6 +16,8 @@ import torch
 __all__ = ["soft_rank", "grouped_soft_rank", "SOFT_RANK_BACKENDS"]
 
 SOFT_RANK_BACKENDS = ("native", "torchsort")
+NON_FINITE_MESSAGE = ("soft_rank got non-finite values (inf or NaN, or overflow of x / strength); "
+                      "ranks are undefined for them")
 
 
 @numba.njit(cache=True, nogil=True)
@@ -101,8 +103,7 @@ class _PermutahedronProjection(torch.autograd.Function):
     def forward(ctx, x, group_index, num_groups, strength, centered):
         z = x.detach().to("cpu", torch.float64).numpy() / strength
         if not np.isfinite(z).all():
-            raise ValueError("soft_rank got non-finite values (inf or NaN, or overflow of "
-                             "x / strength); ranks are undefined for them")
+            raise ValueError(NON_FINITE_MESSAGE)
         ranks = np.empty_like(z)
         block = np.empty(z.shape[0], np.int64)
         ctx.num_blocks = _soft_rank_kernel(z, np.argsort(-z), group_index, num_groups, centered,
@@ -165,6 +166,8 @@ def soft_rank(x: torch.Tensor, strength: float = 1.0, *, backend: str = "native"
         except ImportError as e:
             raise ImportError("soft_rank(backend='torchsort') needs the optional package torchsort "
                               "(pip install torchsort); backend='native' needs nothing") from e
+        if not bool(torch.isfinite(rows).all()):
+            raise ValueError(NON_FINITE_MESSAGE)
         ranks = torchsort.soft_rank(rows, regularization="l2", regularization_strength=strength)
         return ranks.reshape(x.shape)
 

@@ -101,3 +101,9 @@ def test_torchsort_backend_agrees_when_installed():
     pytest.importorskip("torchsort")
     x = torch.rand(4, 50)
     torch.testing.assert_close(soft_rank(x, 0.01, backend="torchsort"), soft_rank(x, 0.01))
+
+
+def test_torchsort_backend_rejects_non_finite_values_too():
+    pytest.importorskip("torchsort")
+    with pytest.raises(ValueError, match="non-finite"):
+        soft_rank(torch.tensor([[0.0, float("nan")]]), backend="torchsort")

@@ -3,11 +3,11 @@ from detectron2.config import CfgNode as CN
 
 from .losses import CORRELATION_KINDS
 
-__all__ = ["add_corrloss_config", "validate_corrloss_config", "CORRLOSS_META_ARCHITECTURES"]
+__all__ = ["add_corrloss_config", "validate_corrloss_config", "GROUPINGS"]
 
 CLS_LOSS_TYPES = ("focal", "ia_bce", "qfl", "vfl")
-GROUPINGS = ("auto", "batch", "level", "image")
-CORRLOSS_META_ARCHITECTURES = ("CorrRetinaNet", "CorrFCOS")
+GROUPINGS = ("batch", "level", "image")  # what CorrelationLossHook accepts
+GROUP_BY_CHOICES = ("auto",) + GROUPINGS  # "auto": the meta-architecture's paper default
 
 
 def add_corrloss_config(cfg: CN) -> None:
@@ -70,10 +70,13 @@ def add_corrloss_config(cfg: CN) -> None:
     cfg.MODEL.FCOS.NMS_THRESH_TEST = 0.6
 
 
-def _check_choice(key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"cfg.{key} = {value!r} is not valid; allowed values: "
-                         f"{', '.join(map(repr, allowed))}")
+def _require(key: str, value, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"cfg.{key} = {value!r} is not valid; allowed values: {allowed}")
+
+
+def _check_choice(key: str, value, choices) -> None:
+    _require(key, value, value in choices, ", ".join(map(repr, choices)))
 
 
 def validate_corrloss_config(cfg: CN) -> None:
@@ -82,20 +85,16 @@ def validate_corrloss_config(cfg: CN) -> None:
         raise KeyError(f"cfg.MODEL.META_ARCHITECTURE = {cfg.MODEL.META_ARCHITECTURE!r} needs the "
                        "corrloss_d2 config keys: call corrloss_d2.add_corrloss_config(cfg) before "
                        "cfg.merge_from_file(...)")
-    corr, cls = cfg.MODEL.CORR_LOSS, cfg.MODEL.CLS_LOSS
+    corr, cls, fcos = cfg.MODEL.CORR_LOSS, cfg.MODEL.CLS_LOSS, cfg.MODEL.FCOS
     _check_choice("MODEL.CORR_LOSS.TYPE", corr.TYPE, CORRELATION_KINDS)
-    _check_choice("MODEL.CORR_LOSS.GROUP_BY", corr.GROUP_BY, GROUPINGS)
+    _check_choice("MODEL.CORR_LOSS.GROUP_BY", corr.GROUP_BY, GROUP_BY_CHOICES)
     _check_choice("MODEL.CLS_LOSS.TYPE", cls.TYPE, CLS_LOSS_TYPES)
-    checks = [
-        ("MODEL.CORR_LOSS.WEIGHT", corr.WEIGHT, corr.WEIGHT >= 0, "a number >= 0"),
-        ("MODEL.CORR_LOSS.RANK_STRENGTH", corr.RANK_STRENGTH, corr.RANK_STRENGTH > 0, "a number > 0"),
-        ("MODEL.CORR_LOSS.MIN_POSITIVES", corr.MIN_POSITIVES,
-         isinstance(corr.MIN_POSITIVES, int) and corr.MIN_POSITIVES >= 2, "an integer >= 2"),
-        ("MODEL.CLS_LOSS.IA_BCE_ALPHA", cls.IA_BCE_ALPHA, 0 <= cls.IA_BCE_ALPHA <= 1, "in [0, 1]"),
-        ("MODEL.FCOS.CENTER_SAMPLING_RADIUS", cfg.MODEL.FCOS.CENTER_SAMPLING_RADIUS,
-         cfg.MODEL.FCOS.CENTER_SAMPLING_RADIUS > 0, "a number > 0"),
-    ]
-    for key, value, ok, allowed in checks:
-        if not ok:
-            raise ValueError(f"cfg.{key} = {value!r} is not valid; allowed values: {allowed}")
-    _check_choice("MODEL.FCOS.HEAD_NORM", cfg.MODEL.FCOS.HEAD_NORM, ("GN", "BN", "SyncBN", ""))
+    _require("MODEL.CORR_LOSS.WEIGHT", corr.WEIGHT, corr.WEIGHT >= 0, "a number >= 0")
+    _require("MODEL.CORR_LOSS.RANK_STRENGTH", corr.RANK_STRENGTH, corr.RANK_STRENGTH > 0,
+             "a number > 0")
+    _require("MODEL.CORR_LOSS.MIN_POSITIVES", corr.MIN_POSITIVES,
+             isinstance(corr.MIN_POSITIVES, int) and corr.MIN_POSITIVES >= 2, "an integer >= 2")
+    _require("MODEL.CLS_LOSS.IA_BCE_ALPHA", cls.IA_BCE_ALPHA, 0 <= cls.IA_BCE_ALPHA <= 1, "in [0, 1]")
+    _require("MODEL.FCOS.CENTER_SAMPLING_RADIUS", fcos.CENTER_SAMPLING_RADIUS,
+             fcos.CENTER_SAMPLING_RADIUS > 0, "a number > 0")
+    _check_choice("MODEL.FCOS.HEAD_NORM", fcos.HEAD_NORM, ("GN", "BN", "SyncBN", ""))

@@ -26,14 +26,13 @@ def data_root() -> Path:
     return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
-def _loader(name: str, json_file: Path, image_root: Path):
+def _loader(name: str, root: Path, json_file: Path, image_root: Path):
     def load():
         for path in (json_file, image_root):
             if not path.exists():
                 raise FileNotFoundError(
                     f"dataset {name!r} needs {path}, which does not exist. Set {DATA_ROOT_ENV} to "
-                    f"the folder that holds {DATASET_FILES[name][0].split('/')[0]}/ (now "
-                    f"{json_file.parents[2]}).")
+                    f"the folder that holds {json_file.relative_to(root).parts[0]}/ (now {root}).")
         return load_coco_json(str(json_file), str(image_root), name)
     return load
 
@@ -46,6 +45,6 @@ def register_corrloss_datasets(root: Optional[Path] = None) -> None:
         if name in DatasetCatalog.list():
             continue
         json_file, image_root = root / json_rel, root / images_rel
-        DatasetCatalog.register(name, _loader(name, json_file, image_root))
+        DatasetCatalog.register(name, _loader(name, root, json_file, image_root))
         MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root),
                                       evaluator_type="coco")

@@ -8,7 +8,7 @@ from detectron2.config import configurable
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..config import validate_corrloss_config
+from ..config import GROUPINGS, validate_corrloss_config
 from ..losses import correlation_coefficients
 
 __all__ = ["CorrelationLossHook", "matched_box_iou"]
@@ -69,8 +69,8 @@ class CorrelationLossHook(nn.Module):
                 with several calls, e.g. one per stage, gives each its own).
         """
         super().__init__()
-        if group_by not in ("batch", "level", "image"):
-            raise ValueError(f"group_by must be 'batch', 'level' or 'image', got {group_by!r}")
+        if group_by not in GROUPINGS:
+            raise ValueError(f"group_by must be one of {GROUPINGS}, got {group_by!r}")
         self.weight = float(weight)
         self.kind = kind
         self.rank_strength = float(rank_strength)

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from corrloss_d2.compiled_ops import has_compiled_ops
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,3 +28,15 @@ def test_install_description_matches_the_runtime():
     assert ("compiled ops present" in described) == has_compiled_ops()
     if kind == "fallback":
         assert "pure-Python fallback" in described and not has_compiled_ops()
+
+
+def test_missing_dataset_files_name_the_path_and_the_variable(tmp_path):
+    from corrloss_d2.data.datasets import DATA_ROOT_ENV, DATASET_FILES, _loader
+
+    json_rel, images_rel = DATASET_FILES["raccoon_val"]
+    load = _loader("raccoon_val", tmp_path, tmp_path / json_rel, tmp_path / images_rel)
+    with pytest.raises(FileNotFoundError) as error:
+        load()
+    message = str(error.value)
+    assert str(tmp_path / json_rel) in message and DATA_ROOT_ENV in message
+    assert f"holds raccoon/ (now {tmp_path})" in message

@@ -9,7 +9,7 @@ import logging
 
 import corrloss_d2  # noqa: F401  (registers meta-architectures, backbones and datasets)
 from corrloss_d2 import add_corrloss_config, validate_corrloss_config
-from corrloss_d2.evaluation import build_box_evaluator
+from corrloss_d2.evaluation import build_evaluator
 
 import detectron2.engine.defaults as engine_defaults
 import detectron2.utils.comm as comm
@@ -38,7 +38,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return build_box_evaluator(cfg, dataset_name, output_folder)
+        return build_evaluator(cfg, dataset_name, output_folder)
 
 
 def setup(args):

@@ -5,7 +5,7 @@ from typing import Optional
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 
-from .compiled_ops import has_compiled_ops
+from ..compiled_ops import has_compiled_ops
 
 __all__ = ["build_box_evaluator"]
 

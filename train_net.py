@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train and evaluate corrloss_d2 detectors (CorrRetinaNet, CorrFCOS) with Detectron2.
+"""Train and evaluate corrloss_d2 detectors (CorrRetinaNet, CorrFCOS, CorrSparseRCNN).
 
     python train_net.py --config-file configs/CPU/retinanet_R_18_FPN_raccoon_scratch.yaml
     python train_net.py --num-gpus 8 --config-file configs/COCO-Detection/retinanet_R_50_FPN_1x_corr_spearman_0.1.yaml
@@ -9,12 +9,15 @@ import logging
 
 import corrloss_d2  # noqa: F401  (registers meta-architectures, backbones and datasets)
 from corrloss_d2 import add_corrloss_config, validate_corrloss_config
+from corrloss_d2.data.augmentation import build_train_mapper
 from corrloss_d2.evaluation import build_evaluator
+from corrloss_d2.solver import build_optimizer
 
 import detectron2.engine.defaults as engine_defaults
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
+from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
@@ -34,11 +37,21 @@ engine_defaults.create_ddp_model = create_ddp_model_on_any_device
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer whose evaluator covers COCO-format and Cityscapes datasets."""
+    """DefaultTrainer with corrloss_d2's evaluators (COCO-format and Cityscapes datasets), its
+    optimiser choice (SOLVER.OPTIMIZER, SOLVER.BACKBONE_MULTIPLIER, full-model clipping) and its
+    train augmentation choice (INPUT.TRAIN_AUGMENTATION)."""
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
 
 
 def setup(args):

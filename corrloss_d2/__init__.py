@@ -1,7 +1,7 @@
 """corrloss_d2: correlation-aware losses for Detectron2 detectors.
 
-Importing the package registers its meta-architectures (CorrRetinaNet, CorrFCOS), the backbone
-``build_fcos_resnet_fpn_backbone`` and its datasets with detectron2.
+Importing the package registers its meta-architectures (CorrRetinaNet, CorrFCOS,
+CorrSparseRCNN), the backbone ``build_fcos_resnet_fpn_backbone`` and its datasets with detectron2.
 """
 from .compiled_ops import register_missing_op_placeholders
 
@@ -9,10 +9,10 @@ register_missing_op_placeholders()  # before detectron2 modules that use the ops
 
 from .config import add_corrloss_config, validate_corrloss_config  # noqa: E402
 from .data import register_corrloss_datasets  # noqa: E402
-from .modeling import CorrelationLossHook, CorrFCOS, CorrRetinaNet  # noqa: E402
+from .modeling import CorrelationLossHook, CorrFCOS, CorrRetinaNet, CorrSparseRCNN  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["add_corrloss_config", "validate_corrloss_config", "register_corrloss_datasets",
-           "CorrRetinaNet", "CorrFCOS", "CorrelationLossHook"]
+           "CorrRetinaNet", "CorrFCOS", "CorrSparseRCNN", "CorrelationLossHook"]
 
 register_corrloss_datasets()

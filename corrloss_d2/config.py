@@ -8,11 +8,15 @@ __all__ = ["add_corrloss_config", "validate_corrloss_config", "GROUPINGS"]
 CLS_LOSS_TYPES = ("focal", "ia_bce", "qfl", "vfl")
 GROUPINGS = ("batch", "level", "image")  # what CorrelationLossHook accepts
 GROUP_BY_CHOICES = ("auto",) + GROUPINGS  # "auto": the meta-architecture's paper default
+OPTIMIZERS = ("SGD", "ADAMW")
+CLIP_TYPES = ("value", "norm", "full_model")  # detectron2's two, and one norm over all parameters
+TRAIN_AUGMENTATIONS = ("detectron2", "sparse_rcnn")
 
 
 def add_corrloss_config(cfg: CN) -> None:
-    """Adds MODEL.CORR_LOSS, MODEL.CLS_LOSS and MODEL.FCOS to ``cfg`` in place (call before
-    ``merge_from_file``). Idempotent."""
+    """Adds MODEL.CORR_LOSS, MODEL.CLS_LOSS, MODEL.FCOS, MODEL.SPARSE_RCNN and the optimiser and
+    augmentation choices (SOLVER.OPTIMIZER, SOLVER.BACKBONE_MULTIPLIER, INPUT.TRAIN_AUGMENTATION)
+    to ``cfg`` in place (call before ``merge_from_file``). Idempotent."""
     if cfg.MODEL.get("CORR_LOSS") is not None:
         return
     cfg.MODEL.CORR_LOSS = CN()
@@ -69,6 +73,57 @@ def add_corrloss_config(cfg: CN) -> None:
     cfg.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000
     cfg.MODEL.FCOS.NMS_THRESH_TEST = 0.6
 
+    # Sparse R-CNN (Sun et al. 2021): learnable proposals refined by NUM_STAGES dynamic heads,
+    # Hungarian matching, NMS-free. RoIAlign uses MODEL.ROI_BOX_HEAD.POOLER_{RESOLUTION,
+    # SAMPLING_RATIO,TYPE}.
+    cfg.MODEL.SPARSE_RCNN = CN()
+    cfg.MODEL.SPARSE_RCNN.NUM_CLASSES = 80
+    # Backbone features RoIAlign reads (FPN levels P2-P5).
+    cfg.MODEL.SPARSE_RCNN.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    # Learnable proposal boxes and features (100; 300 in the 3x recipe).
+    cfg.MODEL.SPARSE_RCNN.NUM_PROPOSALS = 100
+    # Iterative refinement stages, each with its own head and its own (deep-supervised) losses.
+    cfg.MODEL.SPARSE_RCNN.NUM_STAGES = 6
+    # Width of proposal features and of every head layer.
+    cfg.MODEL.SPARSE_RCNN.HIDDEN_DIM = 256
+    # Width of the dynamic instance interaction and its number of dynamic 1x1 layers.
+    cfg.MODEL.SPARSE_RCNN.DIM_DYNAMIC = 64
+    cfg.MODEL.SPARSE_RCNN.NUM_DYNAMIC = 2
+    # Heads of the self-attention over proposals (must divide HIDDEN_DIM).
+    cfg.MODEL.SPARSE_RCNN.NUM_HEADS = 8
+    cfg.MODEL.SPARSE_RCNN.DIM_FEEDFORWARD = 2048
+    cfg.MODEL.SPARSE_RCNN.DROPOUT = 0.0
+    # Linear+LayerNorm+ReLU layers before the class logits and before the box deltas.
+    cfg.MODEL.SPARSE_RCNN.NUM_CLS_LAYERS = 1
+    cfg.MODEL.SPARSE_RCNN.NUM_REG_LAYERS = 3
+    # Initial foreground probability of the classification bias.
+    cfg.MODEL.SPARSE_RCNN.PRIOR_PROB = 0.01
+    # Weights of the focal class, L1 (image-normalised boxes) and GIoU terms, used alike in the
+    # Hungarian matching cost and in the loss.
+    cfg.MODEL.SPARSE_RCNN.CLASS_WEIGHT = 2.0
+    cfg.MODEL.SPARSE_RCNN.L1_WEIGHT = 5.0
+    cfg.MODEL.SPARSE_RCNN.GIOU_WEIGHT = 2.0
+    cfg.MODEL.SPARSE_RCNN.FOCAL_LOSS_ALPHA = 0.25
+    cfg.MODEL.SPARSE_RCNN.FOCAL_LOSS_GAMMA = 2.0
+    # Align-DETR's mixed matching: intermediate stages match each ground truth to k queries
+    # (k capped at floor(0.5 * NUM_PROPOSALS / #gt), at least 1), the last stage one-to-one.
+    # 0 = one-to-one everywhere (Sparse R-CNN).
+    cfg.MODEL.SPARSE_RCNN.ONE_TO_MANY_K = 0
+    # Align-DETR's prime-sample weights exp(-rank / TAU) within each ground truth's group of
+    # queries; they scale the IA-BCE target and the L1/GIoU terms. 0 = off.
+    cfg.MODEL.SPARSE_RCNN.PRIME_SAMPLE_TAU = 1.5
+
+    # Optimiser built by train_net.py: "SGD" (detectron2's, the dense recipes) or "ADAMW" (Sparse
+    # R-CNN: weight decay SOLVER.WEIGHT_DECAY). Gradient clipping follows SOLVER.CLIP_GRADIENTS,
+    # whose CLIP_TYPE may also be "full_model": one norm over all parameters (Sparse R-CNN).
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    # Learning-rate multiplier of the backbone's parameters.
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
+    # Train-time augmentation: "detectron2" (DatasetMapper: optional INPUT.CROP, multi-scale resize,
+    # flip) or "sparse_rcnn" (flip; with probability 0.5 a resize to 400-600 and an INPUT.CROP
+    # crop first; then the multi-scale resize of INPUT.MIN_SIZE_TRAIN).
+    cfg.INPUT.TRAIN_AUGMENTATION = "detectron2"
+
 
 def _require(key: str, value, ok: bool, allowed: str) -> None:
     if not ok:
@@ -98,3 +153,36 @@ def validate_corrloss_config(cfg: CN) -> None:
     _require("MODEL.FCOS.CENTER_SAMPLING_RADIUS", fcos.CENTER_SAMPLING_RADIUS,
              fcos.CENTER_SAMPLING_RADIUS > 0, "a number > 0")
     _check_choice("MODEL.FCOS.HEAD_NORM", fcos.HEAD_NORM, ("GN", "BN", "SyncBN", ""))
+    _validate_sparse_rcnn(cfg.MODEL.SPARSE_RCNN)
+    _check_choice("SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, OPTIMIZERS)
+    _require("SOLVER.BACKBONE_MULTIPLIER", cfg.SOLVER.BACKBONE_MULTIPLIER,
+             _is_number(cfg.SOLVER.BACKBONE_MULTIPLIER) and cfg.SOLVER.BACKBONE_MULTIPLIER >= 0,
+             "a number >= 0")
+    _check_choice("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE,
+                  CLIP_TYPES)
+    _check_choice("INPUT.TRAIN_AUGMENTATION", cfg.INPUT.TRAIN_AUGMENTATION, TRAIN_AUGMENTATIONS)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _validate_sparse_rcnn(sparse) -> None:
+    for key in ("NUM_CLASSES", "NUM_PROPOSALS", "NUM_STAGES", "HIDDEN_DIM", "DIM_DYNAMIC",
+                "NUM_DYNAMIC", "NUM_HEADS", "DIM_FEEDFORWARD", "NUM_CLS_LAYERS", "NUM_REG_LAYERS"):
+        value = sparse[key]
+        _require(f"MODEL.SPARSE_RCNN.{key}", value, isinstance(value, int) and value >= 1,
+                 "an integer >= 1")
+    _require("MODEL.SPARSE_RCNN.NUM_HEADS", sparse.NUM_HEADS,
+             sparse.HIDDEN_DIM % sparse.NUM_HEADS == 0,
+             f"a divisor of MODEL.SPARSE_RCNN.HIDDEN_DIM = {sparse.HIDDEN_DIM}")
+    for key in ("CLASS_WEIGHT", "L1_WEIGHT", "GIOU_WEIGHT", "PRIME_SAMPLE_TAU"):
+        value = sparse[key]
+        _require(f"MODEL.SPARSE_RCNN.{key}", value, _is_number(value) and value >= 0, "a number >= 0")
+    _require("MODEL.SPARSE_RCNN.ONE_TO_MANY_K", sparse.ONE_TO_MANY_K,
+             isinstance(sparse.ONE_TO_MANY_K, int) and sparse.ONE_TO_MANY_K >= 0,
+             "an integer >= 0 (0 = one-to-one matching on every stage)")
+    _require("MODEL.SPARSE_RCNN.DROPOUT", sparse.DROPOUT,
+             _is_number(sparse.DROPOUT) and 0 <= sparse.DROPOUT < 1, "in [0, 1)")
+    _require("MODEL.SPARSE_RCNN.PRIOR_PROB", sparse.PRIOR_PROB,
+             _is_number(sparse.PRIOR_PROB) and 0 < sparse.PRIOR_PROB < 1, "in (0, 1)")

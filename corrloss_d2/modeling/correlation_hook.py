@@ -113,8 +113,8 @@ class CorrelationLossHook(nn.Module):
 
     def forward(self, gt_class_logits: torch.Tensor, pred_boxes: torch.Tensor,
                 gt_boxes: torch.Tensor, *, level_index: Optional[torch.Tensor] = None,
-                image_index: Optional[torch.Tensor] = None,
-                ious: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                image_index: Optional[torch.Tensor] = None, ious: Optional[torch.Tensor] = None,
+                name_suffix: str = "") -> Dict[str, torch.Tensor]:
         """
         Args:
             gt_class_logits: (P,) classification logit of each positive's ground-truth class.
@@ -123,8 +123,11 @@ class CorrelationLossHook(nn.Module):
             level_index, image_index: (P,) integer FPN level / image of each positive; the one
                 named by ``group_by`` is required.
             ious: (P,) precomputed ``matched_box_iou(pred_boxes, gt_boxes)`` to reuse, or None.
+            name_suffix: appended to the loss key and the metric names, for a detector that
+                calls the hook once per stage (e.g. "_stage0": ``loss_corr_stage0``,
+                ``corr/rho_stage0``).
         Returns:
-            ``{loss_name: λ·(1 − mean ρ)}``, or an empty dict when ``weight`` is 0.
+            ``{loss_name + name_suffix: λ·(1 − mean ρ)}``, or an empty dict when ``weight`` is 0.
         """
         if ious is None:
             ious = matched_box_iou(pred_boxes, gt_boxes)
@@ -139,9 +142,9 @@ class CorrelationLossHook(nn.Module):
             storage = get_event_storage()
             num_valid = int(corr.valid.sum())
             if num_valid:
-                storage.put_scalar(self.metric_prefix + "rho", 1 - loss.item())
-            storage.put_scalar(self.metric_prefix + "num_pos", float(ious.numel()))
-            storage.put_scalar(self.metric_prefix + "valid_groups", float(num_valid))
+                storage.put_scalar(self.metric_prefix + "rho" + name_suffix, 1 - loss.item())
+            storage.put_scalar(self.metric_prefix + "num_pos" + name_suffix, float(ious.numel()))
+            storage.put_scalar(self.metric_prefix + "valid_groups" + name_suffix, float(num_valid))
         if self.weight == 0:
             return {}
-        return {self.loss_name: self.weight * loss}
+        return {self.loss_name + name_suffix: self.weight * loss}

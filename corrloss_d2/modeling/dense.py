@@ -22,9 +22,10 @@ __all__ = ["ClassificationLoss", "DensePositives", "DenseLosses", "CorrelationAw
 class ClassificationLoss(nn.Module):
     """Sigmoid classification loss of a detector: focal, IA-BCE, QFL or VFL.
 
-    Called as ``loss(logits (M, K), labels (M,), ious (M,) or None, normalizer)`` with labels
-    ``0..K-1`` foreground and ``K`` background (no ignored rows), ``ious`` read at foreground rows
-    (needed when :attr:`uses_ious`).
+    Called as ``loss(logits (M, K), labels (M,), ious (M,) or None, normalizer, weights=None)``
+    with labels ``0..K-1`` foreground and ``K`` background (no ignored rows), ``ious`` read at
+    foreground rows (needed when :attr:`uses_ious`), and ``weights`` (M,) Align-DETR prime-sample
+    weights of the IA-BCE target (only for "ia_bce").
     """
 
     @configurable
@@ -59,7 +60,13 @@ class ClassificationLoss(nn.Module):
         """False for focal loss, which ignores ``ious`` (callers may pass None)."""
         return self.kind != "focal"
 
-    def forward(self, logits, labels, ious, normalizer) -> torch.Tensor:
+    def forward(self, logits, labels, ious, normalizer, weights=None) -> torch.Tensor:
+        if weights is not None:
+            if self.kind != "ia_bce":
+                raise ValueError(f"prime-sample weights scale the IA-BCE target; the {self.kind!r} "
+                                 "classification loss takes none")
+            return ia_bce_loss(logits, labels, ious, normalizer=normalizer, weights=weights,
+                               **self.options["ia_bce"])
         if self.kind == "focal":  # exactly detectron2's RetinaNet / FCOS classification loss
             target = F.one_hot(labels, num_classes=logits.shape[-1] + 1)[:, :-1].to(logits.dtype)
             return sigmoid_focal_loss_jit(logits, target, alpha=self.focal_alpha,

@@ -8,6 +8,7 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
 from ..compiled_ops import check_config_compiled_ops
 from ..config import validate_corrloss_config
+from .backbone import backbone_feature_shapes
 from .correlation_hook import CorrelationLossHook
 from .dense import ClassificationLoss, CorrelationAwareDenseMixin
 
@@ -55,13 +56,7 @@ class CorrFCOS(CorrelationAwareDenseMixin, FCOS):
         check_config_compiled_ops(cfg)
         fcos = cfg.MODEL.FCOS
         backbone = build_backbone(cfg)
-        backbone_shape = backbone.output_shape()
-        missing = [f for f in fcos.IN_FEATURES if f not in backbone_shape]
-        if missing:
-            raise ValueError(f"cfg.MODEL.FCOS.IN_FEATURES = {list(fcos.IN_FEATURES)} names features "
-                             f"{missing} that the backbone {cfg.MODEL.BACKBONE.NAME!r} does not "
-                             f"produce (it gives {sorted(backbone_shape)})")
-        feature_shapes = [backbone_shape[f] for f in fcos.IN_FEATURES]
+        feature_shapes = backbone_feature_shapes(backbone, fcos.IN_FEATURES, "MODEL.FCOS.IN_FEATURES")
         head = FCOSHead(input_shape=feature_shapes, conv_dims=[feature_shapes[0].channels] * fcos.NUM_CONVS,
                         num_classes=fcos.NUM_CLASSES, norm=fcos.HEAD_NORM, prior_prob=fcos.PRIOR_PROB)
         return {

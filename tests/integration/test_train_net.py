@@ -14,10 +14,11 @@ FAST = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224", "INPUT.
         "SOLVER.STEPS", "()"]
 
 
-def train_net(*args, cwd):
+def train_net(*args, cwd, expect_failure=False):
+    """Runs train_net.py; returns its output. It must succeed, or fail when ``expect_failure``."""
     result = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), *args], cwd=cwd,
                             capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert (result.returncode != 0) == expect_failure, result.stdout[-3000:] + result.stderr[-5000:]
     return result.stdout + result.stderr
 
 

@@ -22,10 +22,12 @@ def load(path):
     return cfg
 
 
-def test_there_are_configs_for_both_meta_architectures_and_projects():
+def test_there_are_configs_for_every_meta_architecture_and_projects():
     names = [os.path.relpath(p, REPO) for p in YAMLS]
     assert any("projects/CorrelationLoss" in n for n in names)
+    assert any("projects/AlignDETR" in n for n in names)
     assert sum("retinanet" in n for n in names) >= 10 and sum("fcos" in n for n in names) >= 10
+    assert sum("sparse_rcnn" in n.lower() for n in names) >= 10
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: os.path.relpath(p, REPO))
@@ -50,6 +52,15 @@ def test_every_yaml_merges_and_builds_on_cpu(path):
     ("MODEL.CORR_LOSS.MIN_POSITIVES", 1, r"MODEL.CORR_LOSS.MIN_POSITIVES = 1.*integer >= 2"),
     ("MODEL.CORR_LOSS.RANK_STRENGTH", 0.0, r"MODEL.CORR_LOSS.RANK_STRENGTH = 0.0"),
     ("MODEL.FCOS.HEAD_NORM", "LN", r"MODEL.FCOS.HEAD_NORM = 'LN'"),
+    ("MODEL.SPARSE_RCNN.ONE_TO_MANY_K", -1, r"ONE_TO_MANY_K = -1 .*integer >= 0"),
+    ("MODEL.SPARSE_RCNN.PRIME_SAMPLE_TAU", -0.5, r"PRIME_SAMPLE_TAU = -0.5 .*>= 0"),
+    ("MODEL.SPARSE_RCNN.NUM_HEADS", 5, r"NUM_HEADS = 5 .*divisor of MODEL.SPARSE_RCNN.HIDDEN_DIM = 256"),
+    ("MODEL.SPARSE_RCNN.NUM_PROPOSALS", 0, r"NUM_PROPOSALS = 0 .*integer >= 1"),
+    ("MODEL.SPARSE_RCNN.DROPOUT", 1.0, r"DROPOUT = 1.0 .*\[0, 1\)"),
+    ("SOLVER.OPTIMIZER", "ADAM", r"SOLVER.OPTIMIZER = 'ADAM'.*'SGD', 'ADAMW'"),
+    ("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "global", r"CLIP_TYPE = 'global'.*'full_model'"),
+    ("SOLVER.BACKBONE_MULTIPLIER", -1.0, r"BACKBONE_MULTIPLIER = -1.0"),
+    ("INPUT.TRAIN_AUGMENTATION", "mosaic", r"TRAIN_AUGMENTATION = 'mosaic'.*'sparse_rcnn'"),
 ])
 def test_invalid_values_fail_at_config_time_naming_key_value_and_choices(key, value, message):
     cfg = tiny_cfg("CorrFCOS")

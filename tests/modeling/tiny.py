@@ -10,21 +10,31 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BASES = {"CorrRetinaNet": "Base-CorrRetinaNet.yaml", "CorrFCOS": "Base-CorrFCOS.yaml"}
+BASES = {"CorrRetinaNet": "Base-CorrRetinaNet.yaml", "CorrFCOS": "Base-CorrFCOS.yaml",
+         "CorrSparseRCNN": "Base-CorrSparseRCNN.yaml"}
 NUM_CLASSES = 3
+HEAD_OPTS = {
+    "CorrRetinaNet": ["MODEL.RETINANET.NUM_CLASSES", NUM_CLASSES, "MODEL.RETINANET.NUM_CONVS", 1,
+                      "MODEL.ANCHOR_GENERATOR.SIZES", [[16], [32], [64], [128], [256]]],
+    "CorrFCOS": ["MODEL.FCOS.NUM_CLASSES", NUM_CLASSES, "MODEL.FCOS.NUM_CONVS", 1],
+    # 2 stages, 20 proposals, 32-wide head; 20 proposals x 3 classes >= 50 detections.
+    "CorrSparseRCNN": ["MODEL.SPARSE_RCNN.NUM_CLASSES", NUM_CLASSES, "MODEL.SPARSE_RCNN.NUM_STAGES", 2,
+                       "MODEL.SPARSE_RCNN.NUM_PROPOSALS", 20, "MODEL.SPARSE_RCNN.HIDDEN_DIM", 32,
+                       "MODEL.SPARSE_RCNN.DIM_DYNAMIC", 8, "MODEL.SPARSE_RCNN.NUM_HEADS", 4,
+                       "MODEL.SPARSE_RCNN.DIM_FEEDFORWARD", 64, "TEST.DETECTIONS_PER_IMAGE", 50],
+}
 
 
 def tiny_cfg(arch: str, *opts):
-    """ResNet-18/GN from scratch, 32-channel FPN, 1-conv heads, 3 classes, on the CPU."""
+    """ResNet-18/GN from scratch, 32-channel FPN, 1-conv (or 2-stage, 32-wide) heads, 3 classes,
+    on the CPU."""
     cfg = get_cfg()
     add_corrloss_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs", BASES[arch]))
-    node = "RETINANET" if arch == "CorrRetinaNet" else "FCOS"
     cfg.merge_from_list([
         "MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
         "MODEL.RESNETS.NORM", "GN", "MODEL.BACKBONE.FREEZE_AT", 0, "MODEL.FPN.OUT_CHANNELS", 32,
-        f"MODEL.{node}.NUM_CLASSES", NUM_CLASSES, f"MODEL.{node}.NUM_CONVS", 1,
-        "MODEL.ANCHOR_GENERATOR.SIZES", [[16], [32], [64], [128], [256]], *opts])
+        *HEAD_OPTS[arch], *opts])
     return cfg
 
 

@@ -1,3 +1,10 @@
+from .cityscapes import (CITYSCAPES_DETECTION_SPLITS, register_cityscapes_detection,
+                         register_cityscapes_detection_splits)
 from .datasets import DATA_ROOT_ENV, data_root, register_corrloss_datasets
 
-__all__ = ["DATA_ROOT_ENV", "data_root", "register_corrloss_datasets"]
+__all__ = ["CITYSCAPES_DETECTION_SPLITS", "DATA_ROOT_ENV", "data_root",
+           "register_cityscapes_detection", "register_cityscapes_detection_splits",
+           "register_corrloss_datasets"]
+
+# cityscapes_fine_detection_{train,val}, read from $DETECTRON2_DATASETS/cityscapes when loaded
+register_cityscapes_detection_splits()

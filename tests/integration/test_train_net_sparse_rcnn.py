@@ -14,15 +14,15 @@ CONFIG = os.path.join(REPO, "configs", "CPU", "sparse_rcnn_R_18_FPN_raccoon_scra
 
 def test_sparse_rcnn_trains_on_raccoon_and_evaluates(tmp_path):
     out = str(tmp_path / "out")
-    log = train_net("--config-file", CONFIG, *FAST, "SOLVER.MAX_ITER", "60", "MODEL.CORR_LOSS.WEIGHT",
-                    "0.2", "MODEL.SPARSE_RCNN.NUM_STAGES", "3", "OUTPUT_DIR", out, cwd=tmp_path)
-    assert "AdamWWithFullModelGradientClipping" in log or "AdamW" in log
+    train_net("--config-file", CONFIG, *FAST, "SOLVER.MAX_ITER", "40", "MODEL.CORR_LOSS.WEIGHT", "0.2",
+              "MODEL.SPARSE_RCNN.NUM_STAGES", "2", "MODEL.SPARSE_RCNN.NUM_PROPOSALS", "25",
+              "TEST.DETECTIONS_PER_IMAGE", "25", "OUTPUT_DIR", out, cwd=tmp_path)
     records = metrics(out)
     losses = [r["total_loss"] for r in records if "total_loss" in r]
-    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.8 * losses[0], losses
     trained = [r for r in records if "total_loss" in r]
-    assert all(f"loss_corr_stage{s}" in r and f"corr/rho_stage{s}" in r for r in trained for s in range(3))
+    assert all(f"loss_corr_stage{s}" in r and f"corr/rho_stage{s}" in r for r in trained for s in range(2))
     final = records[-1]
     assert all(math.isfinite(final[k]) for k in ["bbox/AP", "bbox/AP50", "bbox/AP75"]), final
 

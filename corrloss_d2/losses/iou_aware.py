@@ -19,7 +19,8 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ia_bce_loss", "quality_focal_loss", "varifocal_loss", "prime_sample_weights"]
+__all__ = ["alignment_quality", "ia_bce_loss", "quality_focal_loss", "varifocal_loss",
+           "prime_sample_weights"]
 
 REDUCTIONS = ("sum", "none")
 
@@ -60,6 +61,12 @@ def _reduce(elementwise: torch.Tensor, valid_rows: torch.Tensor,
     return loss.sum() if reduction == "sum" else loss
 
 
+def alignment_quality(probs: torch.Tensor, ious: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Align-DETR's quality ``s^alpha * u^(1 - alpha)`` of scores ``s`` and IoUs ``u`` (any one
+    shape): the IA-BCE target before clamping, and what prime-sample weights rank by."""
+    return probs.pow(alpha) * ious.pow(1 - alpha)
+
+
 def ia_bce_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -84,7 +91,7 @@ def ia_bce_loss(
     """
     logits, iou_target, positive, valid = _dense_targets(logits, labels, ious.clamp(0, 1))
     probs = torch.sigmoid(logits)
-    quality = (probs.detach().pow(alpha) * iou_target.pow(1 - alpha)).clamp(min=min_target)
+    quality = alignment_quality(probs.detach(), iou_target, alpha).clamp(min=min_target)
     if weights is not None:
         if weights.shape != labels.shape:
             raise ValueError(f"weights must have shape ({labels.shape[0]},), got "

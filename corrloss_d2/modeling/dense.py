@@ -61,18 +61,16 @@ class ClassificationLoss(nn.Module):
         return self.kind != "focal"
 
     def forward(self, logits, labels, ious, normalizer, weights=None) -> torch.Tensor:
-        if weights is not None:
-            if self.kind != "ia_bce":
-                raise ValueError(f"prime-sample weights scale the IA-BCE target; the {self.kind!r} "
-                                 "classification loss takes none")
-            return ia_bce_loss(logits, labels, ious, normalizer=normalizer, weights=weights,
-                               **self.options["ia_bce"])
+        if weights is not None and self.kind != "ia_bce":
+            raise ValueError(f"prime-sample weights scale the IA-BCE target; the {self.kind!r} "
+                             "classification loss takes none")
         if self.kind == "focal":  # exactly detectron2's RetinaNet / FCOS classification loss
             target = F.one_hot(labels, num_classes=logits.shape[-1] + 1)[:, :-1].to(logits.dtype)
             return sigmoid_focal_loss_jit(logits, target, alpha=self.focal_alpha,
                                           gamma=self.focal_gamma, reduction="sum") / normalizer
-        return self.iou_aware_fns[self.kind](logits, labels, ious, normalizer=normalizer,
-                                             **self.options[self.kind])
+        options = self.options[self.kind] if weights is None else {**self.options[self.kind],
+                                                                   "weights": weights}
+        return self.iou_aware_fns[self.kind](logits, labels, ious, normalizer=normalizer, **options)
 
 
 class DensePositives(NamedTuple):

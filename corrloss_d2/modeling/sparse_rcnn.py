@@ -23,8 +23,8 @@ from detectron2.utils.events import get_event_storage
 
 from ..compiled_ops import check_config_compiled_ops
 from ..config import validate_corrloss_config
-from ..losses import (capped_matches_per_target, one_to_k_assignment, prime_sample_weights,
-                      set_matching_cost)
+from ..losses import (alignment_quality, capped_matches_per_target, one_to_k_assignment,
+                      prime_sample_weights, set_matching_cost)
 from .backbone import backbone_feature_shapes
 from .correlation_hook import CorrelationLossHook, matched_box_iou
 from .dense import ClassificationLoss
@@ -40,6 +40,22 @@ class StageOutput(NamedTuple):
 
     logits: torch.Tensor
     boxes: torch.Tensor
+
+
+class BatchTargets(NamedTuple):
+    """The batch's ground truths concatenated over images: classes (G,) int64, boxes (G, 4)
+    float32, and offsets (B,) the index of each image's first ground truth."""
+
+    classes: torch.Tensor
+    boxes: torch.Tensor
+    offsets: torch.Tensor
+
+    @classmethod
+    def cat(cls, targets: List[Instances]) -> "BatchTargets":
+        classes = torch.cat([t.gt_classes for t in targets])
+        counts = torch.tensor([len(t) for t in targets], device=classes.device)
+        return cls(classes, torch.cat([t.gt_boxes.tensor for t in targets]).float(),
+                   torch.cumsum(counts, 0) - counts)
 
 
 def _linear_norm_relu_layers(width: int, count: int) -> nn.Sequential:
@@ -193,12 +209,13 @@ class SparseRCNNCriterion(nn.Module):
             ``loss_{cls,bbox,giou}_stage{i}`` and, when its weight is > 0, ``loss_corr_stage{i}``.
         """
         normalizer = self.num_boxes_normalizer(targets, image_whwh.device)
+        batch_targets = BatchTargets.cat(targets)
         losses = {}
         for stage, output in enumerate(outputs):
             self.check_diverged(output, stage)
             k = self.matches_per_target(stage, len(outputs))
             matches = self.match(output, targets, image_whwh, k)
-            losses.update(self.stage_losses(output, targets, image_whwh, matches, normalizer,
+            losses.update(self.stage_losses(output, batch_targets, image_whwh, matches, normalizer,
                                             suffix=f"_stage{stage}"))
         return losses
 
@@ -227,19 +244,15 @@ class SparseRCNNCriterion(nn.Module):
             torch.distributed.all_reduce(num_boxes)
         return max(num_boxes.item() / comm.get_world_size(), 1.0)
 
-    def stage_losses(self, output: StageOutput, targets: List[Instances], image_whwh: torch.Tensor,
+    def stage_losses(self, output: StageOutput, targets: BatchTargets, image_whwh: torch.Tensor,
                      matches: List[Tuple[torch.Tensor, torch.Tensor]], normalizer: float, *,
                      suffix: str) -> Dict[str, torch.Tensor]:
         """Losses of one stage given its matches (see :meth:`match`)."""
         num_images, num_proposals, num_classes = output.logits.shape
         image_index = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)])
         query_index = torch.cat([q for q, _ in matches])
-        gt_offsets = [0]
-        for t in targets[:-1]:
-            gt_offsets.append(gt_offsets[-1] + len(t))
-        gt_index = torch.cat([g + offset for (_, g), offset in zip(matches, gt_offsets)])
-        gt_classes = torch.cat([t.gt_classes for t in targets])[gt_index]
-        gt_boxes = torch.cat([t.gt_boxes.tensor for t in targets])[gt_index].float()
+        gt_index = torch.cat([g + offset for (_, g), offset in zip(matches, targets.offsets)])
+        gt_classes, gt_boxes = targets.classes[gt_index], targets.boxes[gt_index]
 
         logits = output.logits.float()
         matched_logits = logits[image_index, query_index, gt_classes]
@@ -247,8 +260,8 @@ class SparseRCNNCriterion(nn.Module):
         ious = matched_box_iou(matched_boxes.detach(), gt_boxes)
         weights = None
         if self.prime_sample_tau > 0:
-            quality = torch.sigmoid(matched_logits.detach()).pow(self.quality_alpha) \
-                * ious.pow(1 - self.quality_alpha)
+            quality = alignment_quality(torch.sigmoid(matched_logits.detach()), ious,
+                                        self.quality_alpha)
             weights = prime_sample_weights(quality, gt_index, tau=self.prime_sample_tau)
 
         flat_index = image_index * num_proposals + query_index

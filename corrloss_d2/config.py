@@ -16,7 +16,7 @@ TRAIN_AUGMENTATIONS = ("detectron2", "sparse_rcnn")
 def add_corrloss_config(cfg: CN) -> None:
     """Adds MODEL.CORR_LOSS, MODEL.CLS_LOSS, MODEL.FCOS, MODEL.SPARSE_RCNN and the optimiser and
     augmentation choices (SOLVER.OPTIMIZER, SOLVER.BACKBONE_MULTIPLIER, INPUT.TRAIN_AUGMENTATION)
-    to ``cfg`` in place (call before ``merge_from_file``). Idempotent."""
+    and TEST.CORRELATION_EVAL to ``cfg`` in place (call before ``merge_from_file``). Idempotent."""
     if cfg.MODEL.get("CORR_LOSS") is not None:
         return
     cfg.MODEL.CORR_LOSS = CN()
@@ -124,6 +124,16 @@ def add_corrloss_config(cfg: CN) -> None:
     # crop first; then the multi-scale resize of INPUT.MIN_SIZE_TRAIN).
     cfg.INPUT.TRAIN_AUGMENTATION = "detectron2"
 
+    # Score-localisation correlation measures (corrloss_d2.evaluation.CorrelationEvaluator),
+    # reported next to box AP under the task "correlation".
+    cfg.TEST.CORRELATION_EVAL = CN()
+    # False: box AP only.
+    cfg.TEST.CORRELATION_EVAL.ENABLED = True
+    # IoU with a ground truth of its class that makes a detection positive / a true positive.
+    cfg.TEST.CORRELATION_EVAL.IOU_THRESHOLD = 0.5
+    # The N of br_recall@N: how often the best-regressed candidate scores among its image's top N.
+    cfg.TEST.CORRELATION_EVAL.BR_RECALL_TOP_N = [10, 100]
+
 
 def _require(key: str, value, ok: bool, allowed: str) -> None:
     if not ok:
@@ -161,6 +171,13 @@ def validate_corrloss_config(cfg: CN) -> None:
     _check_choice("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE,
                   CLIP_TYPES)
     _check_choice("INPUT.TRAIN_AUGMENTATION", cfg.INPUT.TRAIN_AUGMENTATION, TRAIN_AUGMENTATIONS)
+    correlation_eval = cfg.TEST.CORRELATION_EVAL
+    _require("TEST.CORRELATION_EVAL.IOU_THRESHOLD", correlation_eval.IOU_THRESHOLD,
+             _is_number(correlation_eval.IOU_THRESHOLD) and 0 < correlation_eval.IOU_THRESHOLD <= 1,
+             "in (0, 1]")
+    _require("TEST.CORRELATION_EVAL.BR_RECALL_TOP_N", correlation_eval.BR_RECALL_TOP_N,
+             all(isinstance(n, int) and n >= 1 for n in correlation_eval.BR_RECALL_TOP_N),
+             "a list of integers >= 1")
 
 
 def _is_number(value) -> bool:

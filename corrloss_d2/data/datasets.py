@@ -1,14 +1,27 @@
-"""COCO-format datasets this package registers with detectron2 (names usable in DATASETS.*)."""
+"""COCO-format datasets this package registers with detectron2 (names usable in DATASETS.*).
+
+Three kinds, all registered when ``corrloss_d2`` is imported and loaded lazily:
+
+- ``shapes_train``, ``shapes_val``: the embedded generated dataset (:mod:`.synthetic`), drawn and
+  cached on first use; what the demo trains on. Needs nothing beside the checkout.
+- ``raccoon_*``, ``coco128_train``: files under :func:`data_root` (:data:`DATASET_FILES`).
+- any COCO-json dataset named in ``$CORRLOSS_COCO_DATASETS`` (:data:`COCO_DATASETS_ENV`), no code
+  needed: ``name=annotations.json:image_folder``, several separated by ``;``.
+"""
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-__all__ = ["DATA_ROOT_ENV", "DATASET_FILES", "data_root", "register_corrloss_datasets"]
+from . import synthetic
+
+__all__ = ["DATA_ROOT_ENV", "COCO_DATASETS_ENV", "DATASET_FILES", "data_root",
+           "parse_coco_dataset_list", "register_corrloss_datasets"]
 
 DATA_ROOT_ENV = "CORRLOSS_DATA_ROOT"
+COCO_DATASETS_ENV = "CORRLOSS_COCO_DATASETS"
 
 # name -> (annotation json, image folder), relative to the data root.
 DATASET_FILES = {
@@ -26,25 +39,81 @@ def data_root() -> Path:
     return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
+def _require_files(json_file: Path, image_root: Path, hint: Callable[[Path], str]) -> None:
+    for path in (json_file, image_root):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist. {hint(path)}")
+
+
 def _loader(name: str, root: Path, json_file: Path, image_root: Path):
     def load():
-        for path in (json_file, image_root):
-            if not path.exists():
-                raise FileNotFoundError(
-                    f"dataset {name!r} needs {path}, which does not exist. Set {DATA_ROOT_ENV} to "
-                    f"the folder that holds {json_file.relative_to(root).parts[0]}/ (now {root}).")
+        _require_files(json_file, image_root, lambda path: (
+            f"Dataset {name!r} needs it: set {DATA_ROOT_ENV} to the folder that holds "
+            f"{json_file.relative_to(root).parts[0]}/ (now {root}), or use the embedded datasets "
+            "shapes_train / shapes_val, which need no files."))
         return load_coco_json(str(json_file), str(image_root), name)
     return load
 
 
+def _listed_loader(name: str, json_file: Path, image_root: Path):
+    def load():
+        _require_files(json_file, image_root, lambda path: (
+            f"Dataset {name!r} was registered from ${COCO_DATASETS_ENV} with it; fix that entry "
+            f"(name=annotations.json:image_folder)."))
+        return load_coco_json(str(json_file), str(image_root), name)
+    return load
+
+
+def _shapes_loader(name: str, split: str):
+    def load():
+        synthetic.ensure_shapes_dataset()
+        folder = synthetic.shapes_folder()
+        return load_coco_json(str(folder / f"{split}.json"), str(folder / "images" / split), name)
+    return load
+
+
+def parse_coco_dataset_list(text: str) -> Dict[str, Tuple[Path, Path]]:
+    """Parses ``"name=annotations.json:image_folder;name2=..."`` into ``{name: (json, folder)}``.
+    Relative paths are taken from the current directory. Raises ValueError naming the bad entry."""
+    datasets = {}
+    for entry in filter(None, (e.strip() for e in text.split(";"))):
+        name, _, paths = entry.partition("=")
+        json_file, _, image_root = paths.rpartition(":")
+        if not name.strip() or not json_file or not image_root:
+            raise ValueError(f"${COCO_DATASETS_ENV} entry {entry!r} is not of the form "
+                             "name=annotations.json:image_folder (entries separated by ';')")
+        datasets[name.strip()] = (Path(json_file).resolve(), Path(image_root).resolve())
+    return datasets
+
+
+def _register(name: str, load, json_file: Path, image_root: Path) -> None:
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root),
+                                  evaluator_type="coco")
+
+
 def register_corrloss_datasets(root: Optional[Path] = None) -> None:
-    """Registers the datasets of :data:`DATASET_FILES` under ``root`` (default :func:`data_root`).
-    Loading is lazy: a missing file is reported when the dataset is first used. Idempotent."""
+    """Registers the embedded ``shapes_*`` datasets, those of :data:`DATASET_FILES` under ``root``
+    (default :func:`data_root`) and those listed in ``$CORRLOSS_COCO_DATASETS`` (which take
+    precedence over :data:`DATASET_FILES`). Loading is lazy: a missing file is reported when the
+    dataset is first used. Idempotent; a name registered before with other data is an error."""
     root = Path(root) if root is not None else data_root()
+    entries = {}
+    for split in synthetic.SHAPES_SPLITS:
+        folder = synthetic.shapes_folder()
+        entries[f"shapes_{split}"] = (_shapes_loader(f"shapes_{split}", split),
+                                      folder / f"{split}.json", folder / "images" / split)
     for name, (json_rel, images_rel) in DATASET_FILES.items():
-        if name in DatasetCatalog.list():
-            continue
         json_file, image_root = root / json_rel, root / images_rel
-        DatasetCatalog.register(name, _loader(name, root, json_file, image_root))
-        MetadataCatalog.get(name).set(json_file=str(json_file), image_root=str(image_root),
-                                      evaluator_type="coco")
+        entries[name] = (_loader(name, root, json_file, image_root), json_file, image_root)
+    for name, (json_file, image_root) in parse_coco_dataset_list(
+            os.environ.get(COCO_DATASETS_ENV, "")).items():
+        entries[name] = (_listed_loader(name, json_file, image_root), json_file, image_root)
+    registered = set(DatasetCatalog.list())
+    for name, (load, json_file, image_root) in entries.items():
+        if name not in registered:
+            _register(name, load, json_file, image_root)
+        elif MetadataCatalog.get(name).get("json_file") != str(json_file):
+            raise ValueError(f"${COCO_DATASETS_ENV} (or this package) registers {name!r} with "
+                             f"{json_file}, but that name is already registered with other data; "
+                             "choose another name")

@@ -9,10 +9,12 @@ from torch.nn import functional as F
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.box_regression import _dense_box_regression_loss
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
 from ..config import validate_corrloss_config
+from ..evaluation import candidates as candidate_recording
 from ..losses import ia_bce_loss, quality_focal_loss, varifocal_loss
 from .correlation_hook import CorrelationLossHook, matched_box_iou
 
@@ -103,6 +105,9 @@ class CorrelationAwareDenseMixin:
     """Loss computation of a detectron2 DenseDetector with a configurable classification loss and
     a :class:`CorrelationLossHook`; put it before the detector class in the bases. The detector
     provides ``num_classes``, ``box2box_transform``, ``_ema_update`` and a ``from_config``.
+
+    In evaluation, while a correlation evaluation records (:mod:`corrloss_d2.evaluation.candidates`),
+    each output also gets ``"candidates"``: the image's detections before NMS.
     """
 
     @configurable
@@ -118,6 +123,33 @@ class CorrelationAwareDenseMixin:
         super().__init__(**kwargs)
         self.classification_loss = classification_loss
         self.correlation_hook = correlation_hook
+        self._recorded_candidates = None  # a list only inside a recording forward
+
+    def forward(self, batched_inputs):
+        """The detector's forward. In eval mode while :func:`candidate_recording.is_recording`,
+        each output dict also gets ``"candidates"``: an ``Instances`` (``pred_boxes``, ``scores``,
+        ``pred_classes``) of the image's detections before NMS (after the score threshold and the
+        per-level top-k), scaled to the input's ``height``/``width`` like ``"instances"``."""
+        if self.training or not candidate_recording.is_recording():
+            return super().forward(batched_inputs)
+        self._recorded_candidates = []
+        try:
+            outputs = super().forward(batched_inputs)
+            recorded = self._recorded_candidates
+        finally:
+            self._recorded_candidates = None
+        for output, candidates, inputs in zip(outputs, recorded, batched_inputs):
+            height, width = candidates.image_size
+            output[candidate_recording.CANDIDATES_KEY] = detector_postprocess(
+                candidates, inputs.get("height", height), inputs.get("width", width))
+        return outputs
+
+    def _decode_multi_level_predictions(self, *args, **kwargs):
+        # DenseDetector's decoding of one image, just before NMS (RetinaNet and FCOS alike).
+        candidates = super()._decode_multi_level_predictions(*args, **kwargs)
+        if self._recorded_candidates is not None:
+            self._recorded_candidates.append(candidates)
+        return candidates
 
     def positive_samples(self, anchors: List[Boxes], logits: torch.Tensor, gt_labels: torch.Tensor,
                          pred_anchor_deltas: List[torch.Tensor], gt_boxes: List[torch.Tensor],

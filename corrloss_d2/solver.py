@@ -56,7 +56,7 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
         optimizer_type = torch.optim.SGD
         kwargs = {"momentum": solver.MOMENTUM, "nesterov": solver.NESTEROV, "foreach": True}
     else:
-        optimizer_type, kwargs = torch.optim.AdamW, {}
+        optimizer_type, kwargs = torch.optim.AdamW, {"foreach": True}
     clip = solver.CLIP_GRADIENTS
     if clip.ENABLED and clip.CLIP_TYPE == "full_model":
         optimizer_type = with_full_model_gradient_clipping(optimizer_type, clip.CLIP_VALUE,

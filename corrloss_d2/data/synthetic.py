@@ -5,9 +5,9 @@ are drawn from a fixed seed the first time ``shapes_train`` or ``shapes_val`` is
 (:func:`cache_dir`; about 35 MB, about 30 s on one core). Every image is 160 x 160 px (JPEG) and
 shows 2-10 objects of five classes (disk, square, triangle, ring, cross) with:
 
-- sizes from small to large for the image (the longer side drawn log-uniformly from 10 to 110 px,
-  6-70% of the image side; in COCO's absolute area ranges they are "small" and "medium"), random
-  aspect ratios and rotations, objects cut by the image border;
+- sizes from small to large for the image (the longer side drawn log-uniformly from 14 to 120 px
+  before occlusion; by COCO's area ranges 44% of the boxes are small, 53% medium, 3% large),
+  random aspect ratios and rotations, large objects cut by the image border;
 - colours jittered around a hue of their class (appearance correlates with the class, as in real
   data, but clutter may take any colour), shading and grain;
 - overlaps and occlusion: objects are painted in order, the box is the extent of the *visible*
@@ -17,7 +17,7 @@ shows 2-10 objects of five classes (disk, square, triangle, ring, cross) with:
 
 It is not a substitute for real data: the shapes are simple and the visual domain is narrow. It
 is shaped like detection so that localisation quality varies between detections, and its
-held-out split is large (600 images, 3126 boxes; train: 1500 images, 7516 boxes) so that the
+held-out split is large (600 images, 3314 boxes; train: 1500 images, 8041 boxes) so that the
 correlation measures are stable, which the raccoon split (44 boxes) is not.
 """
 import colorsys

@@ -20,7 +20,7 @@ TORCH_REQ="${CORRLOSS_TORCH:-torch==2.14.1 torchvision==0.29.1}"
 TORCH_INDEX_URL="${CORRLOSS_TORCH_INDEX_URL:-}"
 D2_MODE="${CORRLOSS_DETECTRON2:-auto}"
 D2_REPO="https://github.com/facebookresearch/detectron2"
-D2_COMMIT="${CORRLOSS_D2_COMMIT:-ad26fb712e9022629bf44fb5728f40e453ec173d}"
+D2_COMMIT="${CORRLOSS_D2_COMMIT:-02b5c4e295e990042a714712c21dc79b731e8833}"  # official main, 2026-06-06
 D2_FALLBACK="sal-detectron2==0.7.2"
 
 log() { echo "[setup_env] $*" >&2; }

@@ -6,20 +6,22 @@
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
 """
 import logging
+import sys
 
 import corrloss_d2  # noqa: F401  (registers meta-architectures, backbones and datasets)
-from corrloss_d2 import add_corrloss_config, validate_corrloss_config
-from corrloss_d2.data.augmentation import build_train_mapper
+from corrloss_d2.config import load_corrloss_config
+from corrloss_d2.data.augmentation import build_test_mapper, build_train_mapper
+from corrloss_d2.data.checks import build_checked_test_loader, build_checked_train_loader
+from corrloss_d2.errors import InputError
 from corrloss_d2.evaluation import build_evaluator
 from corrloss_d2.solver import build_optimizer
 
 import detectron2.engine.defaults as engine_defaults
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+from detectron2.utils.logger import setup_logger
 
 _create_ddp_model = engine_defaults.create_ddp_model
 
@@ -38,8 +40,9 @@ engine_defaults.create_ddp_model = create_ddp_model_on_any_device
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with corrloss_d2's evaluators (COCO-format and Cityscapes datasets), its
-    optimiser choice (SOLVER.OPTIMIZER, SOLVER.BACKBONE_MULTIPLIER, full-model clipping) and its
-    train augmentation choice (INPUT.TRAIN_AUGMENTATION)."""
+    optimiser choice (SOLVER.OPTIMIZER, SOLVER.BACKBONE_MULTIPLIER, full-model clipping), its
+    train augmentation choice (INPUT.TRAIN_AUGMENTATION) and its dataset checks (class count
+    against the model's, something to train on, unreadable images named)."""
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -51,17 +54,18 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+        return build_checked_train_loader(cfg, mapper=build_train_mapper(cfg))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_checked_test_loader(cfg, dataset_name, mapper=build_test_mapper(cfg))
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_corrloss_config(cfg)  # before merging: the yaml files use MODEL.CORR_LOSS/CLS_LOSS/FCOS
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    validate_corrloss_config(cfg)
+    cfg = load_corrloss_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="corrloss_d2")
     return cfg
 
 
@@ -80,11 +84,24 @@ def main(args):
     return trainer.train()
 
 
-def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+def invoke_main(argv=None) -> None:
+    """Parses ``argv`` (default: the command line) and runs :func:`main` in ``--num-gpus``
+    processes. A wrong input (config file, config value, dataset, image) ends the program with
+    its message alone on stderr, without a traceback."""
+    args = default_argument_parser().parse_args(argv)
     logging.getLogger("corrloss_d2").info("Command line arguments: %s", args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    try:
+        load_corrloss_config(args.config_file, args.opts)  # config errors before any process starts
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except InputError as error:
+        sys.exit(f"train_net.py: error: {input_error_message(error)}")
+
+
+def input_error_message(error: InputError) -> str:
+    """The error's own message; a DataLoader worker's error arrives with the worker's traceback
+    in front of it, which is cut."""
+    return str(error).rsplit(f"{type(error).__module__}.{type(error).__qualname__}: ", 1)[-1]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Train-time augmentation choices (INPUT.TRAIN_AUGMENTATION) and the train mapper built on them."""
+"""Train-time augmentation choices (INPUT.TRAIN_AUGMENTATION), and the train and test mappers:
+detectron2's DatasetMapper, whose unreadable images raise an error naming the file."""
 from typing import List, Sequence
 
 import numpy as np
@@ -7,7 +8,10 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 
-__all__ = ["RandomChoiceOfAugmentations", "build_train_augmentation", "build_train_mapper"]
+from ..errors import ImageReadError
+
+__all__ = ["CheckedDatasetMapper", "RandomChoiceOfAugmentations", "build_train_augmentation",
+           "build_train_mapper", "build_test_mapper"]
 
 # Sparse R-CNN (after DETR) resizes to one of these shorter sides before its random crop.
 CROP_PRE_RESIZE_SHORT_EDGES = (400, 500, 600)
@@ -40,7 +44,30 @@ def build_train_augmentation(cfg) -> List[T.Augmentation]:
     return [RandomChoiceOfAugmentations([[resize], crop + [resize]]), *flips]
 
 
-def build_train_mapper(cfg) -> DatasetMapper:
-    """detectron2's train DatasetMapper with :func:`build_train_augmentation`."""
-    return DatasetMapper(**{**DatasetMapper.from_config(cfg, is_train=True),
-                            "augmentations": build_train_augmentation(cfg)})
+class CheckedDatasetMapper(DatasetMapper):
+    """detectron2's DatasetMapper (same arguments); an image it cannot read (a missing file, a
+    truncated or corrupt image) raises :class:`~corrloss_d2.errors.ImageReadError` naming the
+    file and its dataset entry, where PIL's own error may not name the file."""
+
+    def __call__(self, dataset_dict):
+        try:
+            return super().__call__(dataset_dict)
+        except (OSError, SyntaxError) as error:  # what opening and decoding an image raise
+            raise ImageReadError(
+                f"cannot read image {dataset_dict.get('file_name')!r} (image_id "
+                f"{dataset_dict.get('image_id')!r}): {type(error).__name__}: {error}. Replace it "
+                "with a readable image, or remove the image and its annotations from the "
+                "dataset's annotation file") from error
+
+
+def build_train_mapper(cfg) -> CheckedDatasetMapper:
+    """detectron2's train DatasetMapper with :func:`build_train_augmentation`, naming unreadable
+    images (:class:`CheckedDatasetMapper`)."""
+    return CheckedDatasetMapper(**{**DatasetMapper.from_config(cfg, is_train=True),
+                                   "augmentations": build_train_augmentation(cfg)})
+
+
+def build_test_mapper(cfg) -> CheckedDatasetMapper:
+    """detectron2's test DatasetMapper (``DatasetMapper(cfg, is_train=False)``), naming
+    unreadable images (:class:`CheckedDatasetMapper`)."""
+    return CheckedDatasetMapper(cfg, is_train=False)

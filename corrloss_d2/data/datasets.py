@@ -7,15 +7,19 @@ Three kinds, all registered when ``corrloss_d2`` is imported and loaded lazily:
 - ``raccoon_*``, ``coco128_train``: files under :func:`data_root` (:data:`DATASET_FILES`).
 - any COCO-json dataset named in ``$CORRLOSS_COCO_DATASETS`` (:data:`COCO_DATASETS_ENV`), no code
   needed: ``name=annotations.json:image_folder``, several separated by ``;``.
+
+All are read by :func:`.coco_json.load_checked_coco_json`: a malformed annotation file raises an
+error naming the file, entry and field; boxes with zero width or height are dropped (logged).
 """
 import os
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
 
+from ..errors import MissingFileError
 from . import synthetic
+from .coco_json import load_checked_coco_json
 
 __all__ = ["DATA_ROOT_ENV", "COCO_DATASETS_ENV", "DATASET_FILES", "data_root",
            "parse_coco_dataset_list", "register_corrloss_datasets"]
@@ -42,7 +46,7 @@ def data_root() -> Path:
 def _require_files(json_file: Path, image_root: Path, hint: Callable[[Path], str]) -> None:
     for path in (json_file, image_root):
         if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist. {hint(path)}")
+            raise MissingFileError(f"{path} does not exist. {hint(path)}")
 
 
 def _loader(name: str, root: Path, json_file: Path, image_root: Path):
@@ -51,7 +55,7 @@ def _loader(name: str, root: Path, json_file: Path, image_root: Path):
             f"Dataset {name!r} needs it: set {DATA_ROOT_ENV} to the folder that holds "
             f"{json_file.relative_to(root).parts[0]}/ (now {root}), or use the embedded datasets "
             "shapes_train / shapes_val, which need no files."))
-        return load_coco_json(str(json_file), str(image_root), name)
+        return load_checked_coco_json(json_file, image_root, name)
     return load
 
 
@@ -60,7 +64,7 @@ def _listed_loader(name: str, json_file: Path, image_root: Path):
         _require_files(json_file, image_root, lambda path: (
             f"Dataset {name!r} was registered from ${COCO_DATASETS_ENV} with it; fix that entry "
             f"(name=annotations.json:image_folder)."))
-        return load_coco_json(str(json_file), str(image_root), name)
+        return load_checked_coco_json(json_file, image_root, name)
     return load
 
 
@@ -68,7 +72,7 @@ def _shapes_loader(name: str, split: str):
     def load():
         synthetic.ensure_shapes_dataset()
         folder = synthetic.shapes_folder()
-        return load_coco_json(str(folder / f"{split}.json"), str(folder / "images" / split), name)
+        return load_checked_coco_json(folder / f"{split}.json", folder / "images" / split, name)
     return load
 
 

@@ -4,13 +4,29 @@ from typing import List
 import torch
 import torch.distributed as dist
 
-__all__ = ["gather_samples", "distributed_world_size"]
+__all__ = ["gather_samples", "distributed_world_size", "mean_over_processes"]
 
 
 def distributed_world_size() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return 1
+
+
+def mean_over_processes(value: float, device: torch.device) -> float:
+    """The mean of a per-process number (a count of positives or of ground-truth boxes) over all
+    processes, so that a loss normaliser agrees across processes; ``value`` itself without an
+    initialised process group of more than one process.
+
+    Args:
+        device: where the collective runs (a CUDA device for NCCL, the CPU for GLOO).
+    """
+    world_size = distributed_world_size()
+    if world_size == 1:
+        return float(value)
+    total = torch.tensor(float(value), dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.item() / world_size
 
 
 class _AllGatherSumGrad(torch.autograd.Function):

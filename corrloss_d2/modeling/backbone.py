@@ -6,17 +6,19 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, build_resnet_backbone
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 
+from ..errors import ConfigError
+
 __all__ = ["build_fcos_resnet_fpn_backbone", "backbone_feature_shapes"]
 
 
 def backbone_feature_shapes(backbone, in_features: Sequence[str], key: str) -> List[ShapeSpec]:
     """Shapes of the features ``in_features`` (the value of config key ``key``) among the
-    backbone's outputs; ValueError naming the key when the backbone does not produce one."""
+    backbone's outputs; ConfigError (a ValueError) naming the key when the backbone does not produce one."""
     available = backbone.output_shape()
     missing = [f for f in in_features if f not in available]
     if missing:
-        raise ValueError(f"cfg.{key} = {list(in_features)} names features {missing} that the "
-                         f"backbone does not produce (it gives {sorted(available)})")
+        raise ConfigError(f"cfg.{key} = {list(in_features)} names features {missing} that the "
+                          f"backbone does not produce (it gives {sorted(available)})")
     return [available[f] for f in in_features]
 
 

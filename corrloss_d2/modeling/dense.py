@@ -15,7 +15,7 @@ from detectron2.utils.events import get_event_storage
 
 from ..config import validate_corrloss_config
 from ..evaluation import candidates as candidate_recording
-from ..losses import ia_bce_loss, quality_focal_loss, varifocal_loss
+from ..losses import ia_bce_loss, mean_over_processes, quality_focal_loss, varifocal_loss
 from .correlation_hook import CorrelationLossHook, matched_box_iou
 
 __all__ = ["ClassificationLoss", "DensePositives", "DenseLosses", "CorrelationAwareDenseMixin"]
@@ -66,6 +66,8 @@ class ClassificationLoss(nn.Module):
         if weights is not None and self.kind != "ia_bce":
             raise ValueError(f"prime-sample weights scale the IA-BCE target; the {self.kind!r} "
                              "classification loss takes none")
+        # In float32 (or wider) whatever the head's precision (mixed-precision training).
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         if self.kind == "focal":  # exactly detectron2's RetinaNet / FCOS classification loss
             target = F.one_hot(labels, num_classes=logits.shape[-1] + 1)[:, :-1].to(logits.dtype)
             return sigmoid_focal_loss_jit(logits, target, alpha=self.focal_alpha,
@@ -181,14 +183,19 @@ class CorrelationAwareDenseMixin:
                      gt_boxes: List[torch.Tensor], *, ema_initial: float, box_reg_loss_type: str,
                      smooth_l1_beta: float = 0.0) -> DenseLosses:
         """Classification, box regression and correlation terms, normalised like detectron2's
-        RetinaNet/FCOS (EMA of the positive count, starting at ``ema_initial``)."""
+        RetinaNet/FCOS (EMA of the positive count, starting at ``ema_initial``), the count averaged
+        over processes."""
         num_images = len(gt_labels)
         gt_labels = torch.stack(gt_labels)  # (N, R)
         valid_mask = gt_labels >= 0
         pos_mask = valid_mask & (gt_labels != self.num_classes)
         num_pos_anchors = pos_mask.sum().item()
         get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors / num_images)
-        normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), ema_initial)
+        # Every process divides by the same number and keeps the same EMA (mmdetection averages
+        # the count too; detectron2's RetinaNet/FCOS use each process's own).
+        normalizer = self._ema_update(
+            "loss_normalizer", max(mean_over_processes(num_pos_anchors, pos_mask.device), 1),
+            ema_initial)
 
         logits = cat(pred_logits, dim=1)
         positives = self.positive_samples(anchors, logits, gt_labels, pred_anchor_deltas, gt_boxes,

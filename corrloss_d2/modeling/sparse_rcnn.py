@@ -18,13 +18,13 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes, ImageList, Instances
-from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..compiled_ops import check_config_compiled_ops
 from ..config import validate_corrloss_config
-from ..losses import (alignment_quality, capped_matches_per_target, one_to_k_assignment,
-                      prime_sample_weights, set_matching_cost)
+from ..errors import ConfigError
+from ..losses import (alignment_quality, capped_matches_per_target, mean_over_processes,
+                      one_to_k_assignment, prime_sample_weights, set_matching_cost)
 from .backbone import backbone_feature_shapes
 from .correlation_hook import CorrelationLossHook, matched_box_iou
 from .dense import ClassificationLoss
@@ -239,10 +239,7 @@ class SparseRCNNCriterion(nn.Module):
     @staticmethod
     def num_boxes_normalizer(targets: List[Instances], device) -> float:
         """Ground-truth boxes of the batch, averaged over processes, at least 1."""
-        num_boxes = torch.tensor(float(sum(len(t) for t in targets)), device=device)
-        if comm.get_world_size() > 1:
-            torch.distributed.all_reduce(num_boxes)
-        return max(num_boxes.item() / comm.get_world_size(), 1.0)
+        return max(mean_over_processes(sum(len(t) for t in targets), device), 1.0)
 
     def stage_losses(self, output: StageOutput, targets: BatchTargets, image_whwh: torch.Tensor,
                      matches: List[Tuple[torch.Tensor, torch.Tensor]], normalizer: float, *,
@@ -337,16 +334,17 @@ class CorrSparseRCNN(nn.Module):
         check_config_compiled_ops(cfg)
         sparse = cfg.MODEL.SPARSE_RCNN
         if cfg.MODEL.CORR_LOSS.GROUP_BY == "level":
-            raise ValueError("cfg.MODEL.CORR_LOSS.GROUP_BY = 'level' is not valid for CorrSparseRCNN, "
-                             "whose queries have no FPN level; allowed values: 'auto' or 'batch' "
-                             "(one ρ per stage over the batch, the paper) and 'image'")
+            raise ConfigError("cfg.MODEL.CORR_LOSS.GROUP_BY = 'level' is not valid for "
+                              "CorrSparseRCNN, whose queries have no FPN level; allowed values: "
+                              "'auto' or 'batch' (one ρ per stage over the batch, the paper) and "
+                              "'image'")
         backbone = build_backbone(cfg)
         shapes = backbone_feature_shapes(backbone, sparse.IN_FEATURES, "MODEL.SPARSE_RCNN.IN_FEATURES")
         channels = {s.channels for s in shapes}
         if channels != {sparse.HIDDEN_DIM}:
-            raise ValueError(f"cfg.MODEL.SPARSE_RCNN.HIDDEN_DIM = {sparse.HIDDEN_DIM} must equal the "
-                             f"channels of the features it pools ({sorted(channels)}; "
-                             "MODEL.FPN.OUT_CHANNELS for an FPN backbone)")
+            raise ConfigError(f"cfg.MODEL.SPARSE_RCNN.HIDDEN_DIM = {sparse.HIDDEN_DIM} must equal "
+                              f"the channels of the features it pools ({sorted(channels)}; "
+                              "MODEL.FPN.OUT_CHANNELS for an FPN backbone)")
         box_head = cfg.MODEL.ROI_BOX_HEAD
         pooler = ROIPooler(output_size=box_head.POOLER_RESOLUTION,
                            scales=tuple(1.0 / s.stride for s in shapes),

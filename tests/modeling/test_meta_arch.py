@@ -121,14 +121,3 @@ def test_paper_grouping_by_default_and_overridable(arch, expected):
     assert tiny_model(arch).correlation_hook.group_by == expected
     assert tiny_model(arch, "MODEL.CORR_LOSS.GROUP_BY", "image").correlation_hook.group_by == "image"
 
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_autocast_keeps_the_correlation_term_in_float32(arch):
-    model = tiny_model(arch, "MODEL.CORR_LOSS.WEIGHT", 0.3, "MODEL.CORR_LOSS.TYPE", "concordance")
-    model.train()
-    with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = model(synthetic_batch(4, seed=1))
-    assert losses["loss_corr"].dtype == torch.float32 and torch.isfinite(losses["loss_corr"])
-    assert losses["loss_corr"] > 0
-    sum(losses.values()).backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -1,0 +1,200 @@
+"""Every meta-architecture trained by two CPU processes through detectron2's ``launch`` (GLOO) and
+DDP, as ``train_net.py --num-gpus 2`` trains them: finite losses, identical parameters after the
+steps, loss normalisers averaged over the processes, and the logged ρ of the correlation term
+computed per process (the default) or over both processes' positives
+(``MODEL.CORR_LOSS.GATHER_ACROSS_PROCESSES``).
+
+One launch trains every case; each process saves what it saw (its losses, parameters, the
+samples it fed the correlation term, the normalisers, the ρ it logged) for the tests to compare.
+"""
+import datetime
+import os
+
+import pytest
+import torch
+
+from corrloss_d2.losses import correlation_coefficients
+from corrloss_d2.modeling import ClassificationLoss, correlation_hook
+from detectron2.engine import launch
+from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
+
+from ..modeling.tiny import synthetic_batch, tiny_model
+
+WORLD = 2
+STEPS = 2
+IMAGES_PER_PROCESS = 2
+# Each architecture with its own correlation type and classification loss.
+CASES = {
+    "CorrRetinaNet": ["MODEL.CORR_LOSS.TYPE", "pearson"],  # one ρ per FPN level
+    "CorrFCOS": ["MODEL.CORR_LOSS.TYPE", "concordance", "MODEL.CLS_LOSS.TYPE", "ia_bce"],
+    "CorrSparseRCNN": ["MODEL.CORR_LOSS.TYPE", "spearman", "MODEL.CORR_LOSS.RANK_STRENGTH", 1e-3,
+                       "MODEL.CLS_LOSS.TYPE", "ia_bce", "MODEL.SPARSE_RCNN.ONE_TO_MANY_K", 2],
+}
+# detectron2's initial value of the dense detectors' EMA loss normaliser.
+EMA_INITIAL = {"CorrRetinaNet": 100, "CorrFCOS": 300}
+
+
+def rho_suffixes(arch):
+    """Suffix of the logged ρ of each correlation call of a step, in call order."""
+    return ["_stage0", "_stage1"] if arch == "CorrSparseRCNN" else [""]
+
+
+def train_one_case(arch, gather, rank):
+    """Trains ``arch`` for STEPS SGD steps under DDP on this process's own images."""
+    from train_net import create_ddp_model_on_any_device  # what train_net.py wraps models with
+
+    model = tiny_model(arch, "MODEL.CORR_LOSS.WEIGHT", 0.2,
+                       "MODEL.CORR_LOSS.GATHER_ACROSS_PROCESSES", gather, *CASES[arch])
+    model.train()
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ddp = create_ddp_model_on_any_device(model, broadcast_buffers=False)  # as DefaultTrainer
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    seen = {"samples": [], "normalizers": [], "losses": [], "num_gt": []}
+    real_coefficients, real_classification = correlation_coefficients, ClassificationLoss.forward
+
+    def coefficients_spy(scores, ious, kind, **kwargs):
+        groups = kwargs.get("groups")
+        seen["samples"][-1].append({"scores": scores.detach().clone(), "ious": ious.clone(),
+                                    "groups": None if groups is None else groups.clone(),
+                                    "kind": kind, **kwargs})
+        return real_coefficients(scores, ious, kind, **kwargs)
+
+    def classification_spy(self, logits, labels, ious, normalizer, weights=None):
+        seen["normalizers"][-1].append(float(normalizer))
+        return real_classification(self, logits, labels, ious, normalizer, weights)
+
+    correlation_hook.correlation_coefficients = coefficients_spy
+    ClassificationLoss.forward = classification_spy
+    try:
+        with EventStorage() as storage:
+            for step in range(STEPS):
+                seen["samples"].append([])
+                seen["normalizers"].append([])
+                batch = synthetic_batch(IMAGES_PER_PROCESS, seed=100 * rank + step)
+                seen["num_gt"].append(sum(len(x["instances"]) for x in batch))
+                losses = ddp(batch)
+                optimizer.zero_grad()
+                sum(losses.values()).backward()
+                optimizer.step()
+                seen["losses"].append({k: v.item() for k, v in losses.items()})
+                storage.step()
+    finally:
+        correlation_hook.correlation_coefficients = real_coefficients
+        ClassificationLoss.forward = real_classification
+    seen["logged"] = {name: dict((it, value) for value, it in history.values())
+                      for name, history in storage.histories().items()
+                      if name.startswith("corr/rho") or name == "num_pos_anchors"}
+    seen["initial"] = initial
+    seen["params"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    return seen
+
+
+def train_every_case(out_dir):
+    rank = comm.get_rank()
+    torch.set_num_threads(1)
+    results = {(arch, gather): train_one_case(arch, gather, rank)
+               for arch in CASES for gather in (False, True)}
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """``runs[arch, gather][rank]``: what process ``rank`` saw."""
+    out_dir = tmp_path_factory.mktemp("ddp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CUDA_VISIBLE_DEVICES", "")  # GLOO on the CPU even where GPUs exist
+        launch(train_every_case, WORLD, dist_url=f"file://{out_dir / 'rendezvous'}",
+               args=(str(out_dir),), timeout=datetime.timedelta(minutes=3))
+    per_rank = [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
+    return {case: [per_rank[r][case] for r in range(WORLD)] for case in per_rank[0]}
+
+
+def logged_rho(seen, step, call, arch):
+    """The ρ a process logged for correlation call ``call`` of ``step``, None if none."""
+    return seen["logged"].get("corr/rho" + rho_suffixes(arch)[call], {}).get(step)
+
+
+def rho_of(samples):
+    """(ρ as the hook logs it: mean over valid groups, or None without one) of the samples of
+    one or more processes, computed here in one process."""
+    scores, ious = (torch.cat([s[key] for s in samples]) for key in ("scores", "ious"))
+    groups = None if samples[0]["groups"] is None else torch.cat([s["groups"] for s in samples])
+    first = samples[0]
+    corr = correlation_coefficients(scores, ious, first["kind"], groups=groups,
+                                    strength=first["strength"], min_samples=first["min_samples"])
+    return 1 - corr.loss().item() if bool(corr.valid.any()) else None
+
+
+@pytest.mark.parametrize("gather", [False, True])
+@pytest.mark.parametrize("arch", list(CASES))
+def test_processes_stay_in_step(runs, arch, gather):
+    ranks = runs[arch, gather]
+    for seen in ranks:
+        assert len(seen["losses"]) == STEPS
+        for losses in seen["losses"]:
+            assert any(k.startswith("loss_corr") for k in losses)
+            assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
+    assert ranks[0]["losses"][0] != ranks[1]["losses"][0], "the processes must see different images"
+    reference = ranks[0]["params"]
+    assert any(not torch.equal(reference[n], ranks[0]["initial"][n]) for n in reference)
+    for seen in ranks[1:]:
+        assert seen["params"].keys() == reference.keys()
+        for name, value in seen["params"].items():
+            assert torch.equal(value, reference[name]), f"{name} differs across processes"
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_loss_normalisers_are_averaged_over_processes(runs, arch):
+    ranks = runs[arch, False]
+    if arch in EMA_INITIAL:  # EMA of the positive count, each step's count averaged over processes
+        counts = [[seen["logged"]["num_pos_anchors"][s] * IMAGES_PER_PROCESS for s in range(STEPS)]
+                  for seen in ranks]
+        expected, ema = [], EMA_INITIAL[arch]
+        for step in range(STEPS):
+            ema = 0.9 * ema + 0.1 * max(sum(c[step] for c in counts) / WORLD, 1)
+            expected.append(ema)
+    else:  # ground-truth boxes averaged over processes
+        counts = [seen["num_gt"] for seen in ranks]
+        expected = [max(sum(c[step] for c in counts) / WORLD, 1) for step in range(STEPS)]
+    assert counts[0] != counts[1], "the processes must have different counts to average"
+    for seen in ranks:
+        for step, normalizers in enumerate(seen["normalizers"]):
+            assert normalizers and all(n == pytest.approx(expected[step]) for n in normalizers)
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_gathered_rho_is_rho_over_all_processes_samples(runs, arch):
+    ranks = runs[arch, True]
+    compared = pooled_differs = 0
+    for step in range(STEPS):
+        for call in range(len(rho_suffixes(arch))):
+            samples = [seen["samples"][step][call] for seen in ranks]
+            assert all(s["gather_across_processes"] for s in samples)
+            expected = rho_of(samples)
+            logged = [logged_rho(seen, step, call, arch) for seen in ranks]
+            if expected is None:
+                assert logged == [None] * WORLD
+                continue
+            assert logged[0] == logged[1]
+            assert logged[0] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+            compared += 1
+            own = [rho_of([s]) for s in samples]
+            pooled_differs += any(r is None or abs(r - expected) > 1e-4 for r in own)
+    assert compared and pooled_differs, "the pooled ρ must be measured and differ from a process's"
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_rho_per_process_by_default(runs, arch):
+    compared = 0
+    for seen in runs[arch, False]:
+        for step in range(STEPS):
+            for call, samples in enumerate(seen["samples"][step]):
+                assert not samples["gather_across_processes"]
+                expected = rho_of([samples])
+                logged = logged_rho(seen, step, call, arch)
+                assert (logged is None) == (expected is None)
+                if expected is not None:
+                    assert logged == pytest.approx(expected, rel=1e-5, abs=1e-6)
+                    compared += 1
+    assert compared

@@ -1,4 +1,5 @@
-"""Training overhead of the correlation term: iteration-time and peak-memory ratios.
+"""Overhead of the correlation term: training iterations/s, inference images/s and peak training
+memory, as ratios in one run.
 
 For CorrRetinaNet, CorrFCOS and CorrSparseRCNN (the CPU configs: ResNet-18/GN, raccoon, small
 images; Sparse R-CNN with its 6 stages) it trains, from the same initial weights on the same
@@ -10,18 +11,22 @@ batches, with each config's own optimiser (``corrloss_d2.solver.build_optimizer`
 
 Timing interleaves the variants in blocks of iterations inside this one process, so that drifts
 of the machine hit all of them alike; the ratio is the median block time against the reference's.
-Peak memory of one training iteration (forward, backward): on CUDA ``max_memory_allocated``; on
-the CPU the peak of live tensor bytes, replayed from every allocation and free that the PyTorch
-profiler records (deterministic, unlike the process's resident set size).
+Inference (eval mode, ``no_grad``, the same images, normal outputs) is timed the same way; the
+correlation term is a training loss, so its inference ratio should be 1. Peak memory of one
+training iteration (forward, backward): on CUDA ``max_memory_allocated``; on the CPU the peak of
+live tensor bytes, replayed from every allocation and free that the PyTorch profiler records
+(deterministic, unlike the process's resident set size). ``--amp`` runs forward passes under
+autocast (float16 with a GradScaler on CUDA, like detectron2's AMPTrainer; bfloat16 on the CPU).
 
-    python tools/benchmark_training.py [--iters 200] [--archs retinanet fcos sparse_rcnn] [--device cpu]
+    python tools/benchmark_training.py [--iters 200] [--archs retinanet fcos sparse_rcnn] [--device cpu] [--amp]
 """
 import argparse
+import contextlib
 import copy
 import os
 import statistics
 import time
-from typing import Dict, List
+from typing import List
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -51,7 +56,7 @@ def make_cfg(arch: str, device: str, weight: float, kind: str):
     return cfg
 
 
-def make_model(arch: str, variant: str, device: str, weight: float, kind: str):
+def make_model(arch: str, variant: str, device: str, weight: float, kind: str, amp: bool = False):
     """The variant's model, with its config's optimiser as ``model.bench_optimizer``."""
     torch.manual_seed(0)
     cfg = make_cfg(arch, device, weight if variant == "corr" else 0.0, kind)
@@ -67,6 +72,8 @@ def make_model(arch: str, variant: str, device: str, weight: float, kind: str):
                      pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD).to(device)
     model.bench_optimizer = build_optimizer(cfg, model)
     model.bench_iter = 0
+    if amp and device == "cuda":
+        model.bench_scaler = torch.amp.GradScaler("cuda")
     return model
 
 
@@ -76,22 +83,64 @@ def fixed_batches(arch: str, device: str, count: int) -> List:
     return [next(loader) for _ in range(count)]
 
 
-def train(model, batches, iters: int, device: str) -> float:
+def autocast(device: str, amp: bool):
+    """The forward passes' precision context: float16 on CUDA, bfloat16 on the CPU, or none."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device, dtype=torch.float16 if device == "cuda" else torch.bfloat16)
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def train(model, batches, iters: int, device: str, amp: bool = False) -> float:
     """Runs ``iters`` optimiser steps cycling through ``batches``, continuing the model's own
     optimizer and iteration count across calls; returns seconds."""
     model.train()
+    scaler = getattr(model, "bench_scaler", None)
     start = time.perf_counter()
     with EventStorage(model.bench_iter) as storage:
         for i in range(iters):
-            losses = model(batches[i % len(batches)])
+            with autocast(device, amp):
+                losses = model(batches[i % len(batches)])
             model.bench_optimizer.zero_grad()
-            sum(losses.values()).backward()
-            model.bench_optimizer.step()
+            loss = sum(losses.values())
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(model.bench_optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                model.bench_optimizer.step()
             storage.iter += 1
         model.bench_iter = storage.iter
-    if device == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return time.perf_counter() - start
+
+
+@torch.no_grad()
+def infer(model, batches, iters: int, device: str, amp: bool = False) -> float:
+    """Runs inference on ``iters`` batches cycling through ``batches``; returns seconds."""
+    model.eval()
+    start = time.perf_counter()
+    for i in range(iters):
+        with autocast(device, amp):
+            model(batches[i % len(batches)])
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(models, variants, run, iters: int, block: int):
+    """Median seconds per iteration of ``run(model, block)`` for each variant, timed in blocks
+    whose order rotates so that no variant always runs first."""
+    blocks = {v: [] for v in variants}
+    for round_index in range(max(1, iters // block)):
+        shift = round_index % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            blocks[variant].append(run(models[variant], block) / block)
+    return {v: statistics.median(times) for v, times in blocks.items()}
 
 
 def peak_memory(model, batch, device: str) -> int:
@@ -125,30 +174,37 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weight", type=float, default=0.2)
     parser.add_argument("--kind", default="spearman")
+    parser.add_argument("--amp", action="store_true",
+                        help="autocast forward passes (float16 + GradScaler on CUDA, bfloat16 on CPU)")
     args = parser.parse_args()
 
     print(f"device={args.device} threads={torch.get_num_threads()} iters={args.iters} "
-          f"block={args.block} correlation: {args.kind}, λ={args.weight}")
-    print(f"{'arch':<12}{'variant':<12}{'s/iter':>10}{'time ratio':>12}{'peak MiB':>10}{'mem ratio':>11}")
+          f"block={args.block} amp={args.amp} correlation: {args.kind}, λ={args.weight}")
+    print(f"{'arch':<12}{'variant':<12}{'train it/s':>11}{'ratio':>7}{'infer img/s':>12}{'ratio':>7}"
+          f"{'peak MiB':>10}{'ratio':>7}")
     for arch in args.archs:
         variants = VARIANTS[arch]
         batches = fixed_batches(arch, args.device, 8)
-        models = {v: make_model(arch, v, args.device, args.weight, args.kind) for v in variants}
+        images_per_batch = len(batches[0])
+        models = {v: make_model(arch, v, args.device, args.weight, args.kind, args.amp)
+                  for v in variants}
         for model in models.values():  # warm-up: allocator, numba compilation, dataloader-free
-            train(model, batches, 3, args.device)
-        blocks = {v: [] for v in variants}
-        for round_index in range(max(1, args.iters // args.block)):
-            shift = round_index % len(variants)  # rotate the order: no variant always runs first
-            for variant in variants[shift:] + variants[:shift]:
-                blocks[variant].append(train(models[variant], batches, args.block, args.device)
-                                       / args.block)
+            train(model, batches, 3, args.device, args.amp)
+            infer(model, batches, 2, args.device, args.amp)
+        train_time = interleaved_medians(
+            models, variants, lambda m, n: train(m, batches, n, args.device, args.amp),
+            args.iters, args.block)
+        infer_time = interleaved_medians(
+            models, variants, lambda m, n: infer(m, batches, n, args.device, args.amp),
+            max(args.block, args.iters // 4), args.block)
         peaks = {v: peak_memory(models[v], batches[0], args.device) for v in variants}
         reference = variants[0]
-        base_time = statistics.median(blocks[reference])
         for variant in variants:
-            t = statistics.median(blocks[variant])
-            print(f"{arch:<12}{variant:<12}{t:>10.4f}{t / base_time:>12.3f}"
-                  f"{peaks[variant] / 2**20:>10.0f}{peaks[variant] / peaks[reference]:>11.3f}")
+            print(f"{arch:<12}{variant:<12}{1 / train_time[variant]:>11.3f}"
+                  f"{train_time[reference] / train_time[variant]:>7.3f}"
+                  f"{images_per_batch / infer_time[variant]:>12.2f}"
+                  f"{infer_time[reference] / infer_time[variant]:>7.3f}"
+                  f"{peaks[variant] / 2**20:>10.0f}{peaks[variant] / peaks[reference]:>7.3f}")
 
 
 if __name__ == "__main__":

@@ -118,12 +118,13 @@ def correlation_coefficients(
             groups = torch.zeros(x.shape, dtype=torch.int64, device=x.device)
         if gather_across_processes:
             x, y, groups = gather_samples(x, y, groups)
-        if single_group:
+        if single_group:  # no counting pass over the samples: their number is the count
             index, num_groups = groups, 1
+            num_samples = torch.full((1,), x.shape[0], dtype=torch.int64, device=x.device)
         else:
             group_ids, index = torch.unique(groups, return_inverse=True)
             num_groups = group_ids.numel()
-        num_samples = torch.bincount(index, minlength=num_groups)
+            num_samples = torch.bincount(index, minlength=num_groups)
         count = num_samples.to(dtype).clamp(min=1)
         if kind == "spearman":
             x = grouped_soft_rank(x, index, num_groups, strength, centered=True)

@@ -5,10 +5,15 @@ soft rank of ``x`` with strength ``eps`` is the projection of ``x / eps`` onto t
 ``(1, ..., n)``. Sorting ``z = x / eps`` in non-increasing order reduces the projection to an
 isotonic regression of ``z_sorted - (n, ..., 1)``, solved exactly by pool-adjacent-violators (PAV).
 
-The forward pass runs on the CPU (numpy's sort, then one compiled kernel: group, PAV); it records
-which PAV block each value fell in, and the backward pass applies the projection's exact Jacobian
+The forward pass is one compiled CPU kernel, linear in n and free of numpy's sort (whose speed
+depends on the CPU's vector units): scale and check the values, sort them stably (an LSD radix
+sort of their bit patterns, then a counting pass by group), run PAV per group. When all values
+span less than 1 the sort is skipped: PAV would pool each group into one block. The kernel records
+the order and the PAV blocks, and the backward pass applies the projection's exact Jacobian
 (identity minus averaging within blocks) with a second kernel.
 """
+import math
+
 import numba
 import numpy as np
 import torch
@@ -19,113 +24,555 @@ SOFT_RANK_BACKENDS = ("native", "torchsort")
 NON_FINITE_MESSAGE = ("soft_rank got non-finite values (inf or NaN, or overflow of x / strength); "
                       "ranks are undefined for them")
 
+# Sort keys are unsigned integers that ascend as the values descend: the 32-bit pattern of float32
+# values, the 64-bit pattern of float64 ones, reflected. Before sorting, the bits shared by all keys
+# are dropped: the key minus the smallest key, shifted right past the trailing bits common to all
+# keys. The rest is radix-sorted, least significant digit first, in as few passes of at most
+# _MAX_DIGIT_BITS bits as cover it (float32 values in [1e-4, 1] leave 27 bits: 3 passes of 9). The
+# index of each value rides in the low bits of the same uint64 as its key whenever both fit.
+_MAX_DIGIT_BITS = 11
+_ONE = np.uint64(1)
+_SIGN_SHIFT_32 = np.uint64(31)
+_SIGN_SHIFT_64 = np.uint64(63)
+_EXPONENT_32 = np.uint64(0x7F800000)
+_LOW_31_BITS = np.uint64(0x7FFFFFFF)
+_LOW_63_BITS = np.uint64(0x7FFFFFFFFFFFFFFF)
+_ALL_BITS = np.uint64(0xFFFFFFFFFFFFFFFF)
+_SMALLEST_NORMAL = np.finfo(np.float64).tiny
+_NON_FINITE = -1
+_BAD_GROUP = -2
+_NEEDS_64_BIT_KEYS = -3
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+_NO_GROUPS = np.empty(0, np.int64)
+_NO_BITS = np.empty(0, np.uint32)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _flip(bits, sign_shift, low_bits):
+    """Maps the bit pattern of a float (not -0.0, not NaN), held in a uint64, to an integer that
+    ascends as the floats descend: non-negative floats get their bits below the sign inverted
+    (larger value, smaller key, all below the sign bit), negative ones stay as they are (more
+    negative, larger key, all at or above the sign bit)."""
+    return bits ^ (((bits >> sign_shift) - _ONE) & low_bits)
+
 
 @numba.njit(cache=True, nogil=True)
-def _soft_rank_kernel(z, descending, group_index, num_groups, centered, ranks, block):
-    """Projects each group of ``z`` onto its permutahedron; fills ``ranks`` and ``block``.
+def _bit_length(v):
+    """Number of bits of the uint64 ``v`` (0 for 0)."""
+    length = 0
+    while v != 0:
+        v >>= _ONE
+        length += 1
+    return length
 
-    Args:
-        z: (N,) float64 values (already divided by the strength).
-        descending: (N,) int64 permutation sorting ``z`` in non-increasing order.
-        group_index: (N,) int64 group of each value, in ``[0, num_groups)``.
-        centered: subtract each group's mean rank ``(m + 1) / 2`` (exact: the projection keeps
-            the sum of ranks).
-        ranks: (N,) float64 output, soft ranks in the input order.
-        block: (N,) int64 output, id of the PAV block holding each value (consecutive over all
-            groups); the projection's Jacobian is identity minus averaging within blocks.
+
+@numba.njit(cache=True, nogil=True)
+def _group_starts(n, group_index, row_length, num_groups):
+    """(G + 1,) offsets of the groups once ordered by group; ``[-1, ...]`` on an id outside
+    ``[0, num_groups)``."""
+    starts = np.zeros(num_groups + 1, np.int64)
+    if num_groups == 1:
+        starts[1] = n
+    elif row_length > 0:
+        for g in range(num_groups + 1):
+            starts[g] = g * row_length
+    else:
+        for i in range(n):
+            g = group_index[i]
+            if g < 0 or g >= num_groups:
+                starts[0] = -1
+                return starts
+            starts[g + 1] += 1
+        for g in range(num_groups):
+            starts[g + 1] += starts[g]
+    return starts
+
+
+@numba.njit(cache=True, nogil=True)
+def _keys_32(x_bits, strength, keys):
+    """Sort keys of float32 values (``x_bits``: their bit patterns) into ``keys``. For float32 the
+    order of ``x`` is the order of ``z = float64(x) / strength``, ties included, unless ``z``
+    overflows or underflows: a float32 and the next one differ by a factor of at least 1 + 2**-24,
+    far above float64 rounding. Division is monotone, so the largest and the smallest nonzero
+    ``|x|`` tell whether any ``z`` does.
+
     Returns:
-        the number of blocks.
+        (status, smallest key, largest key, OR of every key XOR the first one); status 0,
+        ``_NON_FINITE`` or ``_NEEDS_64_BIT_KEYS`` (some nonzero ``x`` gives a subnormal or zero z).
     """
-    n = z.shape[0]
-    offsets = np.zeros(num_groups + 1, np.int64)
+    n = x_bits.shape[0]
+    low = _ALL_BITS
+    high = np.uint64(0)
+    first = _flip(np.uint64(x_bits[0]) if x_bits[0] & _LOW_31_BITS else np.uint64(0),
+                  _SIGN_SHIFT_32, _LOW_31_BITS)
+    varying = np.uint64(0)
+    largest_magnitude = np.uint64(0)
+    smallest_magnitude_less_one = _ALL_BITS  # zero wraps around to the top
     for i in range(n):
-        offsets[group_index[i] + 1] += 1
+        bits = np.uint64(x_bits[i])
+        magnitude = bits & _LOW_31_BITS
+        if magnitude == 0:  # -0.0 sorts as +0.0
+            bits = np.uint64(0)
+        key = _flip(bits, _SIGN_SHIFT_32, _LOW_31_BITS)
+        keys[i] = key
+        low = min(low, key)
+        high = max(high, key)
+        varying |= key ^ first
+        largest_magnitude = max(largest_magnitude, magnitude)
+        smallest_magnitude_less_one = min(smallest_magnitude_less_one, magnitude - _ONE)
+    if largest_magnitude >= _EXPONENT_32:  # inf or NaN
+        return _NON_FINITE, low, high, varying
+    extremes = np.empty(2, np.uint32)
+    extremes[0] = largest_magnitude
+    extremes[1] = smallest_magnitude_less_one + _ONE
+    magnitudes = extremes.view(np.float32)
+    if not np.isfinite(np.float64(magnitudes[0]) / strength):
+        return _NON_FINITE, low, high, varying
+    if (smallest_magnitude_less_one != _ALL_BITS
+            and np.float64(magnitudes[1]) / strength < _SMALLEST_NORMAL):
+        return _NEEDS_64_BIT_KEYS, low, high, varying
+    return 0, low, high, varying
+
+
+@numba.njit(cache=True, nogil=True)
+def _keys_64(z, keys):
+    """:func:`_keys_32` for the 64-bit patterns of the float64 values ``z`` themselves; status 0
+    or ``_NON_FINITE``."""
+    n = z.shape[0]
+    key_values = keys.view(np.float64)
+    low = _ALL_BITS
+    high = np.uint64(0)
+    varying = np.uint64(0)
+    first = np.uint64(0)
+    for i in range(n):
+        if not np.isfinite(z[i]):
+            return _NON_FINITE, low, high, varying
+        key_values[i] = z[i] + 0.0  # -0.0 + 0.0 is +0.0: both zeros get the same key (a tie)
+        key = _flip(keys[i], _SIGN_SHIFT_64, _LOW_63_BITS)
+        keys[i] = key
+        if i == 0:
+            first = key
+        low = min(low, key)
+        high = max(high, key)
+        varying |= key ^ first
+    return 0, low, high, varying
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _to_offsets(counts, radix):
+    """Histogram ``counts[:radix]`` to exclusive prefix sums, in place."""
+    running = 0
+    for b in range(radix):
+        c = counts[b]
+        counts[b] = running
+        running += c
+
+
+@numba.njit(cache=True, nogil=True)
+def _scatter_pass(items, out, shift, mask, counts):
+    """One stable counting pass of uint64 ``items`` into ``out`` by the digit
+    ``(item >> shift) & mask``; ``counts``: that digit's histogram (consumed)."""
+    _to_offsets(counts, counts.shape[0])
+    for k in range(items.shape[0]):
+        item = items[k]
+        digit = (item >> shift) & mask
+        p = counts[digit]
+        counts[digit] = p + 1
+        out[p] = item
+
+
+@numba.njit(cache=True, nogil=True)
+def _scatter_pairs_pass(keys, order, out_keys, out_order, shift, mask, counts, identity):
+    """:func:`_scatter_pass` for (key, index) pairs in two arrays; with ``identity`` the indices
+    are ``0..n-1`` and ``order`` is not read."""
+    _to_offsets(counts, counts.shape[0])
+    for k in range(keys.shape[0]):
+        key = keys[k]
+        digit = (key >> shift) & mask
+        p = counts[digit]
+        counts[digit] = p + 1
+        out_keys[p] = key
+        out_order[p] = k if identity else order[k]
+
+
+@numba.njit(cache=True, nogil=True)
+def _radix_sort(keys, spare, low, high, varying):
+    """Stable sort of the indices ``0..n-1`` by ascending uint64 ``keys`` (overwritten, as is
+    ``spare``); ``low``/``high``: smallest/largest key, ``varying``: OR of every key XOR the first.
+
+    Returns:
+        (sorted, free, index mask): the k-th index in sorted order is ``sorted[k] & mask``;
+        ``free`` is whichever of ``keys`` and ``spare`` does not hold it.
+    """
+    n = keys.shape[0]
+    if varying == 0:  # every key equal
+        for k in range(n):
+            keys[k] = np.uint64(k)
+        return keys, spare, _ALL_BITS
+    common_low_bits = np.uint64(0)
+    while (varying >> common_low_bits) & _ONE == 0:
+        common_low_bits += _ONE
+    key_bits = _bit_length((high - low) >> common_low_bits)
+    index_bits = _bit_length(np.uint64(n - 1))
+    num_passes = (key_bits + _MAX_DIGIT_BITS - 1) // _MAX_DIGIT_BITS
+    width = (key_bits + num_passes - 1) // num_passes
+    radix = 1 << width
+    mask = np.uint64(radix - 1)
+    # Passes on (key, index) pairs until the key bits left fit beside the index in 64 bits.
+    pair_passes = 0
+    if key_bits + index_bits > 64:
+        pair_passes = min(num_passes, (key_bits + index_bits - 64 + width - 1) // width)
+    index_shift = np.uint64(index_bits)
+    counts = np.zeros((num_passes, radix), np.int64)
+    shifts = np.empty(num_passes, np.uint64)
+    for j in range(num_passes):
+        shifts[j] = np.uint64(j * width)
+    # Reduce every key to its varying bits and count all digits in one read.
+    for i in range(n):
+        key = (keys[i] - low) >> common_low_bits
+        counts[0, key & mask] += 1
+        if num_passes > 1:
+            counts[1, (key >> shifts[1]) & mask] += 1
+            if num_passes > 2:
+                counts[2, (key >> shifts[2]) & mask] += 1
+                for j in range(3, num_passes):
+                    counts[j, (key >> shifts[j]) & mask] += 1
+        keys[i] = key if pair_passes > 0 else (key << index_shift) | np.uint64(i)
+    some_key = (keys[0] >> index_shift) if pair_passes == 0 else keys[0]
+    if pair_passes > 0:
+        order = np.empty(n, np.int64)
+        spare_order = np.empty(n, np.int64)
+        identity = True
+        for j in range(pair_passes):
+            if counts[j, (some_key >> shifts[j]) & mask] == n:
+                continue  # every key has this digit: the pass would move nothing
+            _scatter_pairs_pass(keys, order, spare, spare_order, shifts[j], mask, counts[j],
+                                identity)
+            identity = False
+            keys, spare = spare, keys
+            order, spare_order = spare_order, order
+        if identity:
+            for k in range(n):
+                order[k] = k
+        if pair_passes == num_passes:
+            return order.view(np.uint64), keys, _ALL_BITS
+        dropped = shifts[pair_passes]
+        for k in range(n):
+            keys[k] = ((keys[k] >> dropped) << index_shift) | np.uint64(order[k])
+        some_key = some_key >> dropped
+    else:
+        dropped = np.uint64(0)
+    for j in range(pair_passes, num_passes):
+        if counts[j, (some_key >> (shifts[j] - dropped)) & mask] == n:
+            continue
+        _scatter_pass(keys, spare, shifts[j] - dropped + index_shift, mask, counts[j])
+        keys, spare = spare, keys
+    return keys, spare, (_ONE << index_shift) - _ONE
+
+
+@numba.njit(cache=True, nogil=True)
+def _project_single_blocks(z, starts, group_index, row_length, num_groups, centered, ranks, order,
+                           block_start):
+    """The projection when all values span less than 1 (checked by the caller): sorted, each
+    group's values minus (m, ..., 1) strictly increase, so PAV pools every group into one block
+    and the ranks are ``z - mean(z) + (m + 1) / 2`` (means per group). Fills the outputs as
+    :func:`_project` does (``order`` within a group in index order); returns the number of
+    blocks."""
+    n = z.shape[0]
+    if num_groups == 1:
+        offset = _sum(z) / n - (0.0 if centered else (n + 1) / 2.0)
+        for i in range(n):
+            ranks[i] = z[i] - offset
+            order[i] = i
+        block_start[0] = 0
+        block_start[1] = n
+        return 1
+    offset = np.zeros(num_groups, np.float64)
+    for i in range(n):
+        offset[i // row_length if row_length > 0 else group_index[i]] += z[i]
     for g in range(num_groups):
-        offsets[g + 1] += offsets[g]
-    # Stable counting sort of the descending order by group: each group's members end up
-    # contiguous and still in non-increasing order of value.
-    fill = offsets[:-1].copy()
-    members = np.empty(n, np.int64)
-    for k in range(n):
-        i = descending[k]
-        members[fill[group_index[i]]] = i
-        fill[group_index[i]] += 1
-    start = np.empty(n, np.int64)
-    total = np.empty(n, np.float64)
-    count = np.empty(n, np.float64)
+        size = starts[g + 1] - starts[g]
+        if size > 0:
+            offset[g] = offset[g] / size - (0.0 if centered else (size + 1) / 2.0)
+    fill = starts[:-1].copy()
+    for i in range(n):
+        g = i // row_length if row_length > 0 else group_index[i]
+        ranks[i] = z[i] - offset[g]
+        order[fill[g]] = i
+        fill[g] += 1
     num_blocks = 0
     for g in range(num_groups):
-        first = offsets[g]
-        size = offsets[g + 1] - first
-        shift = (size + 1) / 2.0 if centered else 0.0
-        # Isotonic (non-increasing) regression of the sorted values minus (size, ..., 1) by PAV.
-        top = -1
-        for k in range(size):
-            top += 1
-            start[top] = k
-            total[top] = z[members[first + k]] - (size - k)
-            count[top] = 1.0
-            # Merge while the previous block's mean is below this one's (means compared by
-            # cross-multiplication).
-            while top > 0 and total[top - 1] * count[top] < total[top] * count[top - 1]:
-                total[top - 1] += total[top]
-                count[top - 1] += count[top]
-                top -= 1
-        for b in range(top + 1):
-            end = start[b + 1] if b < top else size
-            offset = total[b] / count[b] + shift
-            for k in range(start[b], end):
-                i = members[first + k]
-                ranks[i] = z[i] - offset
-                block[i] = num_blocks
+        if starts[g + 1] > starts[g]:
+            block_start[num_blocks] = starts[g]
             num_blocks += 1
+    block_start[num_blocks] = n
     return num_blocks
 
 
 @numba.njit(cache=True, nogil=True)
-def _within_block_deviation(grad, block, num_blocks, out):
-    """``out = grad - mean of grad over its block``: the Jacobian of the projection applied to
-    ``grad`` (symmetric, so the same for the vector-Jacobian product)."""
-    total = np.zeros(num_blocks, np.float64)
-    count = np.zeros(num_blocks, np.float64)
-    for i in range(grad.shape[0]):
-        total[block[i]] += grad[i]
-        count[block[i]] += 1.0
-    for i in range(grad.shape[0]):
-        out[i] = grad[i] - total[block[i]] / count[block[i]]
+def _value_of_key(key, sign_shift, low_bits, x_bits, z):
+    """The float64 value whose key is ``key``: a 32-bit key (of float32 ``x``, given ``x_bits``
+    non-empty) or a 64-bit one (of ``z``)."""
+    bits = _flip(key, sign_shift, low_bits)
+    if x_bits.shape[0] > 0:
+        one = np.empty(1, np.uint32)
+        one[0] = bits
+        return np.float64(one.view(np.float32)[0])
+    one64 = np.empty(1, np.uint64)
+    one64[0] = bits
+    return one64.view(np.float64)[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def _project(x, x_bits, strength, group_index, row_length, num_groups, centered, ranks, order,
+             block_start):
+    """Projects ``x / strength`` within each group onto its permutahedron.
+
+    Args:
+        x: (N,) float32 or float64 values, N >= 1.
+        x_bits: for float32 ``x``, the same memory viewed as uint32 (then 32-bit sort keys are
+            used); else empty.
+        strength: the regularisation strength (float); ``z = float64(x) / strength``.
+        group_index: (N,) int64 group of each value in ``[0, num_groups)``; ignored (may be empty)
+            when ``row_length > 0`` or ``num_groups == 1``.
+        row_length: > 0: the groups are consecutive rows of this length, value ``i`` is in group
+            ``i // row_length``.
+        num_groups: number of groups G.
+        centered: subtract each group's mean rank ``(m + 1) / 2`` (exact: the projection keeps
+            the sum of ranks).
+        ranks: (N,) float32 or float64 output, soft ranks in the input order (computed in float64).
+        order: (N,) int64 output, the indices grouped by group, each group in the stable
+            non-increasing order of its values (the order of ``np.argsort(-z, kind="stable")``),
+            or in index order where the group is one block (see :func:`_project_single_blocks`).
+        block_start: (N + 1,) int64 output; PAV block ``b`` holds ``order[block_start[b]:
+            block_start[b + 1]]`` (blocks never straddle groups). The projection's Jacobian is
+            identity minus averaging within blocks.
+    Returns:
+        the number of blocks, or ``_NON_FINITE`` when some ``z`` is inf or NaN, or ``_BAD_GROUP``
+        when a group id is outside ``[0, num_groups)``.
+    """
+    n = x.shape[0]
+    starts = _group_starts(n, group_index, row_length, num_groups)
+    if starts[0] < 0:
+        return _BAD_GROUP
+    z = np.empty(n, np.float64)
+    if strength == 1.0:  # x / 1.0 is x
+        for i in range(n):
+            z[i] = np.float64(x[i])
+    else:
+        for i in range(n):
+            z[i] = np.float64(x[i]) / strength
+    keys = np.empty(n, np.uint64)
+    status = _NEEDS_64_BIT_KEYS
+    if x_bits.shape[0] == n:
+        status, low, high, varying = _keys_32(x_bits, strength, keys)
+        sign_shift, low_bits = _SIGN_SHIFT_32, _LOW_31_BITS
+    if status == _NEEDS_64_BIT_KEYS:
+        status, low, high, varying = _keys_64(z, keys)
+        sign_shift, low_bits, x_bits = _SIGN_SHIFT_64, _LOW_63_BITS, x_bits[:0]
+    if status < 0:
+        return status
+    # The smallest key is the largest value. A span below 1 needs no sort (one block per group).
+    largest = _value_of_key(low, sign_shift, low_bits, x_bits, z)
+    smallest = _value_of_key(high, sign_shift, low_bits, x_bits, z)
+    if x_bits.shape[0] > 0:  # keys of x: scale as z was
+        largest = largest / strength
+        smallest = smallest / strength
+    if largest - smallest < 1.0:
+        return _project_single_blocks(z, starts, group_index, row_length, num_groups, centered,
+                                      ranks, order, block_start)
+    items, free, index_mask = _radix_sort(keys, np.empty(n, np.uint64), low, high, varying)
+    sorted_z = free.view(np.float64)
+    if num_groups > 1:
+        # Stable counting sort by group: each group's members become contiguous, still in
+        # non-increasing order of value.
+        fill = starts[:-1].copy()
+        for k in range(n):
+            i = np.int64(items[k] & index_mask)
+            g = i // row_length if row_length > 0 else group_index[i]
+            p = fill[g]
+            fill[g] = p + 1
+            order[p] = i
+            sorted_z[p] = z[i]
+    else:
+        for k in range(n):
+            i = np.int64(items[k] & index_mask)
+            order[k] = i
+            sorted_z[k] = z[i]
+    total = items.view(np.float64)  # free now
+
+    num_blocks = 0
+    for g in range(num_groups):
+        first = starts[g]
+        last = starts[g + 1]
+        if first == last:
+            continue
+        mean_rank = (last - first + 1) / 2.0 if centered else 0.0
+        # Isotonic (non-increasing) regression of the sorted values minus (m, ..., 1) by PAV.
+        # Closed blocks of this group: block_start/total[bottom:top]; the open (last) block starts
+        # at position open_begin and sums to open_total.
+        bottom = num_blocks
+        top = bottom
+        open_begin = first
+        open_total = sorted_z[first] - (last - first)
+        for k in range(first + 1, last):
+            current = sorted_z[k] - (last - k)
+            # Merge while the previous block's mean is below this one's (means compared by
+            # cross-multiplication: previous total * this size < this total * previous size;
+            # sizes are exact in float64).
+            if open_total < current * np.float64(k - open_begin):
+                current = open_total + current
+                begin = open_begin
+                while top > bottom and (total[top - 1] * np.float64(k + 1 - begin)
+                                        < current * np.float64(begin - block_start[top - 1])):
+                    top -= 1
+                    current = total[top] + current
+                    begin = block_start[top]
+                open_begin = begin
+                open_total = current
+            else:
+                block_start[top] = open_begin
+                total[top] = open_total
+                top += 1
+                open_begin = k
+                open_total = current
+        block_start[top] = open_begin
+        total[top] = open_total
+        num_blocks = top + 1
+        block_start[num_blocks] = last
+        for b in range(bottom, num_blocks):
+            begin = block_start[b]
+            end = block_start[b + 1]
+            if end - begin == 1:  # total / 1.0 is total
+                ranks[order[begin]] = sorted_z[begin] - (total[b] + mean_rank)
+                continue
+            offset = total[b] / np.float64(end - begin) + mean_rank
+            for k in range(begin, end):
+                ranks[order[k]] = sorted_z[k] - offset
+    return num_blocks
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sum(values):
+    """Sum of a float array in float64, four interleaved partial sums."""
+    n = values.shape[0]
+    quads = n - n % 4
+    total0 = total1 = total2 = total3 = 0.0
+    for i in range(0, quads, 4):
+        total0 += np.float64(values[i])
+        total1 += np.float64(values[i + 1])
+        total2 += np.float64(values[i + 2])
+        total3 += np.float64(values[i + 3])
+    for i in range(quads, n):
+        total0 += np.float64(values[i])
+    return (total0 + total1) + (total2 + total3)
+
+
+@numba.njit(cache=True, nogil=True)
+def _within_block_deviation(grad, order, block_start, num_blocks, strength, out):
+    """``out = (grad - mean of grad over its block) / strength``: the Jacobian of the projection
+    (symmetric, so the same for the vector-Jacobian product) and of the scaling, computed in
+    float64 and stored in the dtype of ``out``."""
+    n = grad.shape[0]
+    if num_blocks == 1:  # no indirection needed
+        mean = _sum(grad) / n
+        if strength == 1.0:
+            for i in range(n):
+                out[i] = np.float64(grad[i]) - mean
+        else:
+            for i in range(n):
+                out[i] = (np.float64(grad[i]) - mean) / strength
+        return
+    # Singleton blocks (most of them at small strengths) give (g - g) / strength: 0, or NaN for
+    # a non-finite g. Write that everywhere first, then the blocks of two or more values.
+    for i in range(n):
+        g = np.float64(grad[i])
+        out[i] = (g - g) / strength
+    for b in range(num_blocks):
+        begin = block_start[b]
+        end = block_start[b + 1]
+        if end - begin == 1:
+            continue
+        total = 0.0
+        for k in range(begin, end):
+            total += np.float64(grad[order[k]])
+        mean = total / np.float64(end - begin)
+        for k in range(begin, end):
+            i = order[k]
+            out[i] = (np.float64(grad[i]) - mean) / strength
+
+
+def _cpu_array(t: torch.Tensor) -> np.ndarray:
+    """``t`` flattened into a contiguous CPU float32/float64 numpy array; no copy when it
+    already is one."""
+    t = t.detach()
+    if not t.is_cpu or t.dtype not in _KERNEL_DTYPES:
+        t = t.to("cpu", torch.float64)
+    return t.contiguous().numpy().reshape(-1)
+
+
+def _as_output(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """``values`` as a tensor of the shape, dtype and device of ``like``."""
+    out = torch.from_numpy(values.reshape(like.shape))
+    if out.dtype != like.dtype or not like.is_cpu:
+        out = out.to(like.device, like.dtype)
+    return out
+
+
+def _project_tensor(x, group_index, row_length, num_groups, strength, centered):
+    """Runs :func:`_project` on ``x`` (any shape, flattened); returns (ranks like ``x``, order,
+    block_start, number of blocks)."""
+    values = _cpu_array(x)
+    n = values.shape[0]
+    ranks = np.empty(n, values.dtype)
+    order = np.empty(n, np.int64)
+    block_start = np.empty(n + 1, np.int64)
+    # 32-bit sort keys for float32 values (their indices must fit in 32 bits too).
+    bits = values.view(np.uint32) if values.dtype == np.float32 and n < 2**32 else _NO_BITS
+    num_blocks = _project(values, bits, strength, group_index, row_length, num_groups, centered,
+                          ranks, order, block_start)
+    if num_blocks < 0:
+        if num_blocks == _NON_FINITE:
+            raise ValueError(NON_FINITE_MESSAGE)
+        raise ValueError(f"group_index must lie in [0, num_groups={num_groups})")
+    return _as_output(ranks, x), order, block_start, num_blocks
 
 
 class _PermutahedronProjection(torch.autograd.Function):
-    """Soft ranks of ``x / strength`` within groups; exact Jacobian in backward. Both passes run
-    on the CPU (one compiled kernel each); results go back to the input's device."""
+    """Soft ranks of ``x / strength`` within groups; exact Jacobian in backward. ``x`` may have any
+    shape (flattened inside, so that no view nodes enter the graph). Both passes run on the CPU
+    (one compiled kernel each); results go back to the input's device."""
 
     @staticmethod
-    def forward(ctx, x, group_index, num_groups, strength, centered):
-        z = x.detach().to("cpu", torch.float64).numpy() / strength
-        if not np.isfinite(z).all():
-            raise ValueError(NON_FINITE_MESSAGE)
-        ranks = np.empty_like(z)
-        block = np.empty(z.shape[0], np.int64)
-        ctx.num_blocks = _soft_rank_kernel(z, np.argsort(-z), group_index, num_groups, centered,
-                                           ranks, block)
-        ctx.block, ctx.strength = block, strength
-        return torch.from_numpy(ranks).to(x.device, x.dtype)
+    def forward(ctx, x, group_index, row_length, num_groups, strength, centered):
+        ranks, ctx.order, ctx.block_start, ctx.num_blocks = _project_tensor(
+            x, group_index, row_length, num_groups, strength, centered)
+        ctx.strength = strength
+        return ranks
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        grad_np = grad.detach().to("cpu", torch.float64).numpy()
-        out = np.empty_like(grad_np)
-        _within_block_deviation(grad_np, ctx.block, ctx.num_blocks, out)
-        grad_x = torch.from_numpy(out / ctx.strength).to(grad.device, grad.dtype)
-        return grad_x, None, None, None, None
+        grad_np = _cpu_array(grad)
+        grad_x = np.empty(grad_np.shape[0], grad_np.dtype)
+        _within_block_deviation(grad_np, ctx.order, ctx.block_start, ctx.num_blocks, ctx.strength,
+                                grad_x)
+        return _as_output(grad_x, grad), None, None, None, None, None
+
+
+def _project_autograd(x, group_index, row_length, num_groups, strength, centered):
+    """Soft ranks of ``x`` (any shape; see :func:`_project`), through autograd when it needs to."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _PermutahedronProjection.apply(x, group_index, row_length, num_groups, strength,
+                                              centered)
+    return _project_tensor(x, group_index, row_length, num_groups, strength, centered)[0]
 
 
 def _check_inputs(x: torch.Tensor, strength: float) -> None:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"soft_rank expects a floating-point tensor, got {type(x).__name__} "
                         f"{getattr(x, 'dtype', '')}")
-    if not (isinstance(strength, (int, float)) and np.isfinite(strength) and strength > 0):
+    if not (isinstance(strength, (int, float)) and math.isfinite(strength) and strength > 0):
         raise ValueError(f"soft_rank strength must be a positive finite number, got {strength!r}")
 
 
@@ -159,22 +606,19 @@ def soft_rank(x: torch.Tensor, strength: float = 1.0, *, backend: str = "native"
     n = x.shape[-1]
     if x.numel() == 0:
         return x * 0
-    rows = x.reshape(-1, n)
     if backend == "torchsort":
         try:
             import torchsort
         except ImportError as e:
             raise ImportError("soft_rank(backend='torchsort') needs the optional package torchsort "
                               "(pip install torchsort); backend='native' needs nothing") from e
+        rows = x.reshape(-1, n)
         if not bool(torch.isfinite(rows).all()):
             raise ValueError(NON_FINITE_MESSAGE)
         ranks = torchsort.soft_rank(rows, regularization="l2", regularization_strength=strength)
         return ranks.reshape(x.shape)
 
-    num_rows = rows.shape[0]
-    row_index = np.repeat(np.arange(num_rows, dtype=np.int64), n)
-    ranks = _PermutahedronProjection.apply(rows.reshape(-1), row_index, num_rows, strength, False)
-    return ranks.reshape(x.shape)
+    return _project_autograd(x, _NO_GROUPS, n, x.numel() // n, float(strength), False)
 
 
 def grouped_soft_rank(x: torch.Tensor, group_index: torch.Tensor, num_groups: int,
@@ -195,5 +639,8 @@ def grouped_soft_rank(x: torch.Tensor, group_index: torch.Tensor, num_groups: in
     _check_inputs(x, strength)
     if x.numel() == 0:
         return x * 0
-    group_np = group_index.to("cpu", torch.int64).numpy()
-    return _PermutahedronProjection.apply(x, group_np, num_groups, strength, centered)
+    if num_groups == 1:  # every valid id is 0: no need to read them
+        group_np = _NO_GROUPS
+    else:
+        group_np = group_index.detach().to("cpu", torch.int64).contiguous().numpy()
+    return _project_autograd(x, group_np, 0, int(num_groups), float(strength), bool(centered))

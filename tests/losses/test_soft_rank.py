@@ -1,3 +1,4 @@
+import importlib
 import itertools
 
 import numpy as np
@@ -107,3 +108,194 @@ def test_torchsort_backend_rejects_non_finite_values_too():
     pytest.importorskip("torchsort")
     with pytest.raises(ValueError, match="non-finite"):
         soft_rank(torch.tensor([[0.0, float("nan")]]), backend="torchsort")
+
+
+# --- The compiled kernel against plain numpy: sort order, ranks, blocks ------------------------
+
+def reference_soft_rank(x, strength, groups=None, num_groups=1, centered=False):
+    """Plain numpy/Python projection, the algorithm of the earlier implementation with a stable
+    sort: per group, the members in np.argsort(-z, kind="stable") order, PAV on them minus
+    (m, ..., 1) with the same floating-point operations. Returns (float64 ranks, blocks as lists
+    of indices)."""
+    z = np.asarray(x).astype(np.float64) / strength
+    groups = np.zeros(z.size, np.int64) if groups is None else np.asarray(groups)
+    order = np.argsort(-z, kind="stable")
+    ranks = np.empty_like(z)
+    blocks = []
+    for g in range(num_groups):
+        members = order[groups[order] == g]
+        m = members.size
+        starts, totals, counts = [], [], []
+        for k, i in enumerate(members):
+            starts.append(k)
+            totals.append(z[i] - (m - k))
+            counts.append(1.0)
+            while len(totals) > 1 and totals[-2] * counts[-1] < totals[-1] * counts[-2]:
+                total, count = totals.pop(), counts.pop()
+                starts.pop()
+                totals[-1] += total
+                counts[-1] += count
+        bounds = starts + [m]
+        for b in range(len(totals)):
+            offset = totals[b] / counts[b] + ((m + 1) / 2.0 if centered else 0.0)
+            block = members[bounds[b]:bounds[b + 1]]
+            ranks[block] = z[block] - offset
+            blocks.append(sorted(block.tolist()))
+    return ranks, blocks
+
+
+def tricky_values(rng, n, dtype):
+    """Mixed signs, both zeros, ties, huge and tiny magnitudes, subnormals, shuffled."""
+    if dtype == np.float64:
+        magnitudes = 10.0 ** rng.integers(-320, 290, n)
+        specials = [0.0, -0.0, 0.0, -0.0, 5e-324, -5e-324, 1e-310, 2.2250738585072014e-308,
+                    1e289, -1e289, 1.5, 1.5, -1.5, 1.5]
+    else:
+        magnitudes = 10.0 ** rng.integers(-45, 34, n)
+        specials = [0.0, -0.0, 0.0, -0.0, 1e-45, -1e-45, 1e-40, 1.1754944e-38, 1e33, -1e33,
+                    1.5, 1.5, -1.5, 1.5]
+    values = np.concatenate([rng.standard_normal(n), rng.standard_normal(n) * magnitudes,
+                             rng.integers(-3, 4, n).astype(float), specials])
+    rng.shuffle(values)
+    return values.astype(dtype)
+
+
+def kernel_sort_order(x, strength):
+    """Indices of ``x`` by non-increasing ``x / strength`` from the kernel's key map and radix
+    sort (32-bit keys for float32 unless they would underflow, as in the kernel)."""
+    kernels = importlib.import_module("corrloss_d2.losses.soft_rank")
+    n = x.size
+    keys = np.empty(n, np.uint64)
+    status = kernels._NEEDS_64_BIT_KEYS
+    if x.dtype == np.float32:
+        status, low, high, varying = kernels._keys_32(x.view(np.uint32), strength, keys)
+    if status == kernels._NEEDS_64_BIT_KEYS:
+        status, low, high, varying = kernels._keys_64(x.astype(np.float64) / strength, keys)
+    assert status == 0
+    items, _, mask = kernels._radix_sort(keys, np.empty(n, np.uint64), np.uint64(low),
+                                         np.uint64(high), np.uint64(varying))
+    return (items & mask).astype(np.int64)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("n", [1, 2, 5, 300, 5000])
+def test_radix_sort_is_the_stable_descending_order(dtype, n):
+    rng = np.random.default_rng(n)
+    x = tricky_values(rng, n, dtype)
+    strengths = [1.0, 1e-3, 7.3]
+    if dtype == np.float32:
+        strengths.append(1e300)  # z underflows for tiny x: the 64-bit keys take over
+    for strength in strengths:
+        with np.errstate(over="ignore", under="ignore"):
+            z = x.astype(np.float64) / strength
+        if not np.isfinite(z).all():
+            continue
+        np.testing.assert_array_equal(kernel_sort_order(x, strength),
+                                      np.argsort(-z, kind="stable"))
+    # All keys equal; keys spanning (nearly) all bits, which leaves too few beside them for the
+    # index in 64 bits at first (float64).
+    np.testing.assert_array_equal(kernel_sort_order(np.full(n, -2.5, dtype), 1.0), np.arange(n))
+    wide = np.concatenate([[np.finfo(dtype).max, -np.finfo(dtype).max], x]).astype(dtype)
+    np.testing.assert_array_equal(kernel_sort_order(wide, 1.0),
+                                  np.argsort(-wide.astype(np.float64), kind="stable"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("strength", [1e-3, 0.3, 2.0])
+def test_soft_rank_equals_plain_reference_on_tricky_values(dtype, strength):
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    rng = np.random.default_rng(int(strength * 1000))
+    x = tricky_values(rng, 400, np_dtype)
+    expected, _ = reference_soft_rank(x, strength)
+    ranks = soft_rank(torch.from_numpy(x), strength)
+    assert ranks.dtype == dtype
+    # Same operations in the same order: equal to the last bit.
+    np.testing.assert_array_equal(ranks.numpy(), expected.astype(np_dtype))
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_many_groups_equal_plain_reference(centered):
+    rng = np.random.default_rng(5)
+    n, num_groups = 3000, 700  # about 4 values per group; some groups empty
+    x = tricky_values(rng, n, np.float64)[:n]
+    x[rng.random(n) < 0.2] = 0.5  # ties within groups
+    groups = rng.integers(0, num_groups, n)
+    strength = 0.01
+    expected, blocks = reference_soft_rank(x, strength, groups, num_groups, centered)
+    ranks = grouped_soft_rank(torch.from_numpy(x), torch.from_numpy(groups), num_groups, strength,
+                              centered=centered)
+    np.testing.assert_array_equal(ranks.numpy(), expected)
+    # Backward: the gradient minus its block mean, over the reference's blocks.
+    xt = torch.from_numpy(x).requires_grad_()
+    grad = torch.from_numpy(rng.standard_normal(n))
+    grouped_soft_rank(xt, torch.from_numpy(groups), num_groups, strength,
+                      centered=centered).backward(grad)
+    expected_grad = grad.numpy().copy()
+    for block in blocks:
+        expected_grad[block] -= grad.numpy()[block].mean()
+    np.testing.assert_allclose(xt.grad.numpy(), expected_grad / strength, rtol=1e-12, atol=1e-9)
+
+
+def test_rows_equal_plain_reference_row_by_row():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 3, 64)).astype(np.float32)
+    x[0, 0, :10] = 0.25  # ties
+    x[1, 1] = -0.0
+    ranks = soft_rank(torch.from_numpy(x), 0.05)
+    for index in np.ndindex(*x.shape[:-1]):
+        expected, _ = reference_soft_rank(x[index], 0.05)
+        np.testing.assert_array_equal(ranks[index].numpy(), expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_groups_spanning_less_than_one_are_single_blocks(centered):
+    """Values within a span below 1 skip the sort: one PAV block per group, ranks
+    z - mean(z) + (m + 1) / 2 up to rounding (the sum is taken in another order)."""
+    rng = np.random.default_rng(7)
+    n, num_groups = 2000, 3
+    x = rng.random(n) * 0.999
+    groups = rng.integers(0, num_groups, n)
+    for group_arg, count in ((None, 1), (groups, num_groups)):
+        index = np.zeros(n, np.int64) if group_arg is None else group_arg
+        expected, blocks = reference_soft_rank(x, 1.0, index, count, centered)
+        assert len(blocks) == count
+        xt = torch.from_numpy(x).requires_grad_()
+        ranks = grouped_soft_rank(xt, torch.from_numpy(index), count, 1.0, centered=centered)
+        np.testing.assert_allclose(ranks.detach().numpy(), expected, rtol=1e-13, atol=1e-11)
+        grad = torch.from_numpy(rng.standard_normal(n))
+        ranks.backward(grad)
+        expected_grad = grad.numpy().copy()
+        for block in blocks:
+            expected_grad[block] -= grad.numpy()[block].mean()
+        np.testing.assert_allclose(xt.grad.numpy(), expected_grad, rtol=1e-12, atol=1e-12)
+    # A span of exactly 1 takes the general path (PAV does not merge equal means).
+    x = np.array([0.0, 1.0])
+    expected, _ = reference_soft_rank(x, 1.0)
+    np.testing.assert_array_equal(soft_rank(torch.from_numpy(x)).numpy(), expected)
+
+
+def test_kernel_rejects_overflow_underflow_and_bad_groups():
+    with pytest.raises(ValueError, match="non-finite"):  # float32 x / strength overflows
+        soft_rank(torch.tensor([1e30, 1.0, -2.0]), 1e-300)
+    with pytest.raises(ValueError, match="non-finite"):
+        soft_rank(torch.tensor([1.0, float("nan"), 3.0], dtype=torch.float64), 1e-3)
+    with pytest.raises(ValueError, match="non-finite"):  # also on the single-block path
+        soft_rank(torch.tensor([0.1, float("nan"), 0.3]), 1.0)
+    with pytest.raises(ValueError, match="group_index"):
+        grouped_soft_rank(torch.rand(4), torch.tensor([0, 1, 2, 3]), 3, 0.1)
+    # float32 values whose quotient is subnormal still rank exactly (64-bit keys).
+    x = np.array([1e-30, 2e-30, -1e-30, 0.0, 3e-30], np.float32)
+    expected, _ = reference_soft_rank(x, 1e300)
+    np.testing.assert_array_equal(soft_rank(torch.from_numpy(x), 1e300).numpy(),
+                                  expected.astype(np.float32))
+
+
+def test_gradient_dtype_device_and_shape_follow_the_input():
+    x = torch.randn(2, 3, 5, dtype=torch.float32, requires_grad=True)
+    ranks = soft_rank(x, 0.1)
+    ranks.backward(torch.ones_like(ranks).expand(2, 3, 5))
+    assert x.grad.shape == x.shape and x.grad.dtype == torch.float32
+    torch.testing.assert_close(x.grad, torch.zeros_like(x))  # rows of ranks have a fixed sum
+    half = torch.rand(50, dtype=torch.float16, requires_grad=True)
+    grouped_soft_rank(half, torch.zeros(50, dtype=torch.long), 1, 0.01).sum().backward()
+    assert half.grad.dtype == torch.float16

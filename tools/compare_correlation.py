@@ -23,6 +23,7 @@ import numpy as np
 
 # fvcore scripts its focal loss at import; the demo's output should show the results, not that.
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+from corrloss_d2.config import load_corrloss_config  # noqa: E402
 from corrloss_d2.data import synthetic  # noqa: E402
 from corrloss_d2.evaluation.report import MEASURES, load_run, write_figures, write_table  # noqa: E402
 
@@ -54,13 +55,7 @@ def parse_args(argv=None):
 def prepare_embedded_data(config_file: str, opts) -> None:
     """Draws the embedded dataset once here, if the runs use it, rather than in every training
     process at once."""
-    from detectron2.config import get_cfg
-    from corrloss_d2.config import add_corrloss_config
-
-    cfg = get_cfg()
-    add_corrloss_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_corrloss_config(config_file, opts)  # what train_net.py will read
     if set(cfg.DATASETS.TRAIN + cfg.DATASETS.TEST) & set(synthetic.split_names()):
         print("[compare] preparing the embedded dataset (drawn once, then cached) ...", flush=True)
         synthetic.ensure_shapes_dataset()

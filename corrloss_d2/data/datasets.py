@@ -13,7 +13,7 @@ error naming the file, entry and field; boxes with zero width or height are drop
 """
 import os
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -43,27 +43,13 @@ def data_root() -> Path:
     return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
-def _require_files(json_file: Path, image_root: Path, hint: Callable[[Path], str]) -> None:
-    for path in (json_file, image_root):
-        if not path.exists():
-            raise MissingFileError(f"{path} does not exist. {hint(path)}")
-
-
-def _loader(name: str, root: Path, json_file: Path, image_root: Path):
+def _coco_loader(name: str, json_file: Path, image_root: Path, missing_hint: str):
+    """Loads a COCO-json dataset; a missing file or folder raises MissingFileError followed by
+    ``missing_hint``: how to point the registration at it."""
     def load():
-        _require_files(json_file, image_root, lambda path: (
-            f"Dataset {name!r} needs it: set {DATA_ROOT_ENV} to the folder that holds "
-            f"{json_file.relative_to(root).parts[0]}/ (now {root}), or use the embedded datasets "
-            "shapes_train / shapes_val, which need no files."))
-        return load_checked_coco_json(json_file, image_root, name)
-    return load
-
-
-def _listed_loader(name: str, json_file: Path, image_root: Path):
-    def load():
-        _require_files(json_file, image_root, lambda path: (
-            f"Dataset {name!r} was registered from ${COCO_DATASETS_ENV} with it; fix that entry "
-            f"(name=annotations.json:image_folder)."))
+        for path in (json_file, image_root):
+            if not path.exists():
+                raise MissingFileError(f"{path} does not exist. {missing_hint}")
         return load_checked_coco_json(json_file, image_root, name)
     return load
 
@@ -109,10 +95,17 @@ def register_corrloss_datasets(root: Optional[Path] = None) -> None:
                                       folder / f"{split}.json", folder / "images" / split)
     for name, (json_rel, images_rel) in DATASET_FILES.items():
         json_file, image_root = root / json_rel, root / images_rel
-        entries[name] = (_loader(name, root, json_file, image_root), json_file, image_root)
+        hint = (
+            f"Dataset {name!r} needs it: set {DATA_ROOT_ENV} to the folder that holds "
+            f"{Path(json_rel).parts[0]}/ (now {root}), or use the embedded datasets "
+            "shapes_train / shapes_val, which need no files.")
+        entries[name] = (_coco_loader(name, json_file, image_root, hint), json_file, image_root)
     for name, (json_file, image_root) in parse_coco_dataset_list(
             os.environ.get(COCO_DATASETS_ENV, "")).items():
-        entries[name] = (_listed_loader(name, json_file, image_root), json_file, image_root)
+        hint = (
+            f"Dataset {name!r} was registered from ${COCO_DATASETS_ENV} with it; fix that entry "
+            f"(name=annotations.json:image_folder).")
+        entries[name] = (_coco_loader(name, json_file, image_root, hint), json_file, image_root)
     registered = set(DatasetCatalog.list())
     for name, (load, json_file, image_root) in entries.items():
         if name not in registered:

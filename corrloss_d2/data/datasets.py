@@ -54,6 +54,14 @@ def _coco_loader(name: str, json_file: Path, image_root: Path, missing_hint: str
     return load
 
 
+def _loader(name: str, root: Path, json_file: Path, image_root: Path):
+    """:func:`_coco_loader` of a dataset of :data:`DATASET_FILES` under the data root ``root``."""
+    return _coco_loader(name, json_file, image_root, (
+        f"Dataset {name!r} needs it: set {DATA_ROOT_ENV} to the folder that holds "
+        f"{json_file.relative_to(root).parts[0]}/ (now {root}), or use the embedded datasets "
+        "shapes_train / shapes_val, which need no files."))
+
+
 def _shapes_loader(name: str, split: str):
     def load():
         synthetic.ensure_shapes_dataset()
@@ -95,11 +103,7 @@ def register_corrloss_datasets(root: Optional[Path] = None) -> None:
                                       folder / f"{split}.json", folder / "images" / split)
     for name, (json_rel, images_rel) in DATASET_FILES.items():
         json_file, image_root = root / json_rel, root / images_rel
-        hint = (
-            f"Dataset {name!r} needs it: set {DATA_ROOT_ENV} to the folder that holds "
-            f"{Path(json_rel).parts[0]}/ (now {root}), or use the embedded datasets "
-            "shapes_train / shapes_val, which need no files.")
-        entries[name] = (_coco_loader(name, json_file, image_root, hint), json_file, image_root)
+        entries[name] = (_loader(name, root, json_file, image_root), json_file, image_root)
     for name, (json_file, image_root) in parse_coco_dataset_list(
             os.environ.get(COCO_DATASETS_ENV, "")).items():
         hint = (

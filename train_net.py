@@ -12,6 +12,7 @@ import corrloss_d2  # noqa: F401  (registers meta-architectures, backbones and d
 from corrloss_d2.config import load_corrloss_config
 from corrloss_d2.data.augmentation import build_test_mapper, build_train_mapper
 from corrloss_d2.data.checks import build_checked_test_loader, build_checked_train_loader
+from corrloss_d2.engine import Normalizers, RandomState, ResumableTrainLoader, StopOnSignal
 from corrloss_d2.errors import InputError
 from corrloss_d2.evaluation import build_evaluator
 from corrloss_d2.solver import build_optimizer
@@ -19,7 +20,8 @@ from corrloss_d2.solver import build_optimizer
 import detectron2.engine.defaults as engine_defaults
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import (DefaultTrainer, default_argument_parser, default_setup, hooks,
+                               launch)
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
@@ -42,7 +44,21 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with corrloss_d2's evaluators (COCO-format and Cityscapes datasets), its
     optimiser choice (SOLVER.OPTIMIZER, SOLVER.BACKBONE_MULTIPLIER, full-model clipping), its
     train augmentation choice (INPUT.TRAIN_AUGMENTATION) and its dataset checks (class count
-    against the model's, something to train on, unreadable images named)."""
+    against the model's, something to train on, unreadable images named). Stops cleanly on
+    SIGTERM/SIGINT and resumes exactly (:mod:`corrloss_d2.engine`)."""
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        random_state, loader = RandomState(), self._trainer.data_loader
+        self.checkpointer.checkpointables["random_state"] = random_state
+        self.checkpointer.checkpointables["normalizers"] = Normalizers(self._trainer.model)
+        if not isinstance(loader, ResumableTrainLoader):
+            loader = None
+        else:
+            self.checkpointer.checkpointables["train_stream"] = loader
+        stop = StopOnSignal(self.checkpointer, loader, random_state)
+        at = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)), len(ret))
+        return ret[:at] + [stop] + ret[at:]
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -54,7 +70,12 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_checked_train_loader(cfg, mapper=build_train_mapper(cfg))
+        """The sample stream continues where a resumed run stopped (detectron2's
+        TrainingSampler only; other samplers start again)."""
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            return build_checked_train_loader(cfg, mapper=build_train_mapper(cfg))
+        return ResumableTrainLoader(lambda **kwargs: build_checked_train_loader(cfg, **kwargs),
+                                    build_train_mapper(cfg), comm.shared_random_seed())
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

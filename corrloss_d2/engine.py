@@ -1,0 +1,213 @@
+"""Exact stop-and-resume for ``train_net.py``'s trainer.
+
+- :class:`ResumableTrainLoader`: the train loader's sample stream (detectron2's
+  ``TrainingSampler`` order) with each sample's position in it; its state (the seed, and per
+  process the positions consumed) is saved in every checkpoint, and ``--resume`` continues the
+  stream where it stopped, without repeating or skipping a sample. Each sample's random
+  augmentation is drawn from a generator seeded by (seed, process, position), so it does not
+  depend on which worker maps it or when.
+- :class:`RandomState`: the main process's torch/numpy/python random state, saved with the
+  checkpoint and restored when training resumes (the model's own randomness, e.g. dropout).
+- :class:`StopOnSignal`: on SIGTERM/SIGINT the current iteration ends, every process stops at
+  the same iteration, ``model_<iter>.pth`` is saved (``last_checkpoint`` points to it) and the
+  program exits with status 1 and a one-line message saying how to resume.
+"""
+import itertools
+import logging
+import random
+import signal
+import sys
+
+import numpy as np
+import torch
+
+import detectron2.utils.comm as comm
+from detectron2.data.common import ToIterableDataset
+from detectron2.data.samplers import TrainingSampler
+from detectron2.engine import HookBase
+
+__all__ = ["ResumableTrainLoader", "RandomState", "Normalizers", "StopOnSignal", "INTERRUPTED_EXIT_MESSAGE"]
+
+POSITION_KEY = "_stream_position"
+INTERRUPTED_EXIT_MESSAGE = ("train_net.py: stopped by {signal} after iteration {iteration}; "
+                            "checkpoint {path}. Continue with the same command and --resume")
+logger = logging.getLogger(__name__)
+
+
+class _StreamSampler(TrainingSampler):
+    """detectron2's TrainingSampler stream for this process, started at position ``start``
+    without the positions in ``skip``; remembers the position of the index it yields last."""
+
+    def __init__(self, size: int, seed: int):
+        super().__init__(size, shuffle=True, seed=seed)
+        self.start, self.skip, self.position = 0, frozenset(), None
+
+    def __iter__(self):
+        stream = itertools.islice(self._infinite_indices(),
+                                  self._rank + self.start * self._world_size, None, self._world_size)
+        for position, index in zip(itertools.count(self.start), stream):
+            if position not in self.skip:
+                self.position = position
+                yield index
+
+
+class _PositionSeededMapper:
+    """Maps a dataset dict with python/numpy/torch random state seeded from (seed, process,
+    stream position), the caller's random state left as it was; the result carries the position."""
+
+    def __init__(self, mapper, sampler: _StreamSampler):
+        self.mapper, self.sampler = mapper, sampler
+
+    def __call__(self, dataset_dict):
+        position = self.sampler.position
+        state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        seed = np.random.SeedSequence([self.sampler._seed, self.sampler._rank, position])
+        seed = int(seed.generate_state(1)[0])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            mapped = self.mapper(dataset_dict)
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
+            torch.set_rng_state(state[2])
+        if mapped is not None:
+            mapped[POSITION_KEY] = position
+        return mapped
+
+
+class ResumableTrainLoader:
+    """Wraps ``build_loader(sampler=..., mapper=...)`` (a detectron2 train loader builder) so that
+    its sample stream can be saved and continued; a checkpointable (``state_dict``)."""
+
+    def __init__(self, build_loader, mapper, seed: int):
+        self.sampler = _StreamSampler(1, seed)  # its size is the dataset's, known once built
+        self.loader = build_loader(sampler=self.sampler,
+                                   mapper=_PositionSeededMapper(mapper, self.sampler))
+        inner = self.loader
+        while not isinstance(inner, ToIterableDataset):
+            inner = inner.dataset
+        self.sampler._size = len(inner.dataset)
+        self.next_position, self.consumed = 0, set()  # all positions < next_position consumed
+        self.all_processes = None  # every process's (next_position, consumed), see StopOnSignal
+
+    def __iter__(self):
+        self.sampler.start = self.next_position
+        self.sampler.skip = frozenset(self.consumed)
+        for batch in self.loader:
+            self.consumed.update(d.pop(POSITION_KEY) for d in batch)
+            while self.next_position in self.consumed:
+                self.consumed.discard(self.next_position)
+                self.next_position += 1
+            yield batch
+
+    def process_state(self):
+        return self.next_position, sorted(self.consumed)
+
+    def state_dict(self):
+        return {"seed": self.sampler._seed,
+                "processes": self.all_processes or [self.process_state()]}
+
+    def load_state_dict(self, state):
+        if len(state["processes"]) != comm.get_world_size():
+            logger.warning("The checkpoint's train stream is of %d processes, this run has %d: "
+                           "the sample stream starts again.", len(state["processes"]),
+                           comm.get_world_size())
+            return
+        self.sampler._seed = state["seed"]
+        self.next_position, consumed = state["processes"][comm.get_rank()]
+        self.consumed = set(consumed)
+
+
+class RandomState:
+    """This process's python/numpy/torch random state as a checkpointable; a loaded state is
+    applied by :meth:`restore` (when training starts, after the data loader iterator exists)."""
+
+    def __init__(self):
+        self.loaded = None
+
+    def state_dict(self):
+        name, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {"python": random.getstate(), "torch": torch.get_rng_state(),
+                "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+
+    def load_state_dict(self, state):
+        self.loaded = state
+
+    def restore(self):
+        if self.loaded is None:
+            return
+        version, internal, gauss = self.loaded["python"]
+        random.setstate((version, tuple(internal), gauss))
+        name, keys, pos, has_gauss, cached = self.loaded["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        torch.set_rng_state(self.loaded["torch"])
+        self.loaded = None
+
+
+class Normalizers:
+    """The model's loss normalisers (detectron2's dense detectors keep an EMA of the positive
+    count in a float attribute, outside the state dict) as a checkpointable."""
+
+    def __init__(self, model):
+        self.modules = dict(getattr(model, "module", model).named_modules())
+
+    def state_dict(self):
+        return {f"{name}.{key}": value for name, module in self.modules.items()
+                for key, value in vars(module).items()
+                if key.endswith("normalizer") and isinstance(value, (int, float))}
+
+    def load_state_dict(self, state):
+        for path, value in state.items():
+            name, key = path.rsplit(".", 1)
+            setattr(self.modules[name], key, value)
+
+
+class StopOnSignal(HookBase):
+    """Place it before detectron2's PeriodicCheckpointer. See the module's docstring."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, checkpointer, train_loader=None, random_state=None):
+        self.checkpointer, self.train_loader, self.random_state = checkpointer, train_loader, random_state
+        self.received, self.previous = None, {}
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # a second signal: stop now, the default way
+            signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+        self.received = signum
+        logger.warning("%s received: stopping after this iteration.", signal.Signals(signum).name)
+
+    def before_train(self):
+        self.trainer._trainer._data_loader_iter  # create it now: it draws from torch's RNG
+        if self.random_state is not None:
+            self.random_state.restore()
+        for signum in self.SIGNALS:
+            self.previous[signum] = signal.signal(signum, self._handle)
+
+    def after_train(self):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def after_step(self):
+        received = self.received or 0
+        if comm.get_world_size() > 1:
+            own = self.train_loader.process_state() if self.train_loader is not None else None
+            gathered = comm.all_gather((received, own))
+            received = max(r for r, _ in gathered)
+            if self.train_loader is not None:
+                self.train_loader.all_processes = [state for _, state in gathered]
+        if not received:
+            return
+        iteration = self.trainer.iter
+        name = f"model_{iteration:07d}"
+        self.checkpointer.save(name, iteration=iteration)  # writes on the main process only
+        comm.synchronize()
+        message = INTERRUPTED_EXIT_MESSAGE.format(
+            signal=signal.Signals(received).name, iteration=iteration,
+            path=f"{self.checkpointer.save_dir}/{name}.pth")
+        if comm.is_main_process():
+            print(message, file=sys.stderr, flush=True)
+        sys.exit(1)

@@ -1,0 +1,127 @@
+"""train_net.py stopped by SIGTERM mid-run and continued with --resume: it starts at the next
+iteration with the saved optimiser, scheduler, normaliser, random and data-stream state, and every
+later iteration's losses and the final weights equal an uninterrupted run's (same seed, CPU, two
+data-loading workers); --eval-only of the final weights gives the saved evaluation."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from tests.integration.test_train_net import FAST, REPO, metrics, train_net
+
+MAX_ITER = 12
+CONFIG = os.path.join(REPO, "configs", "CPU", "retinanet_R_18_FPN_raccoon_scratch.yaml")
+COMMON = [*FAST, "DATALOADER.NUM_WORKERS", "2", "SOLVER.MAX_ITER", str(MAX_ITER),
+          "SOLVER.IMS_PER_BATCH", "2", "SEED", "7", "SOLVER.CHECKPOINT_PERIOD", "3",
+          "TEST.EVAL_PERIOD", "0", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.01",
+          "CUDNN_BENCHMARK", "False"]
+
+# train_net.py with one more hook: every iteration's losses to OUTPUT_DIR/losses.jsonl (the
+# metrics.json writer reports medians over 20 iterations).
+LOGGED_TRAIN_NET = textwrap.dedent(f"""
+    import json, os, sys
+    sys.path.insert(0, {REPO!r})
+    import train_net
+    from detectron2.engine import HookBase
+
+    class LossLog(HookBase):
+        def after_step(self):
+            losses = {{name: buffer.latest() for name, buffer in self.trainer.storage.histories().items()
+                       if name.startswith("loss") or name == "total_loss"}}
+            with open(os.path.join(self.trainer.cfg.OUTPUT_DIR, "losses.jsonl"), "a") as f:
+                f.write(json.dumps({{"iteration": self.trainer.iter, **losses}}) + "\\n")
+
+    build_hooks = train_net.Trainer.build_hooks
+    train_net.Trainer.build_hooks = lambda self: build_hooks(self) + [LossLog()]
+    train_net.invoke_main()
+""")
+
+
+def logged_train_net(script, *args, cwd):
+    return subprocess.Popen([sys.executable, script, "--config-file", CONFIG, *args], cwd=cwd,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def finished(process, expected_status=0):
+    output = process.communicate(timeout=900)[0]
+    assert process.returncode == expected_status, output[-5000:]
+    return output
+
+
+def interrupted_run(script, out, cwd):
+    """Starts training; sends SIGTERM once the first periodic checkpoint exists; returns the
+    output of the run, which must exit with status 1."""
+    process = logged_train_net(script, *COMMON, "OUTPUT_DIR", out, cwd=cwd)
+    deadline = time.time() + 600
+    while not os.path.exists(os.path.join(out, "model_0000002.pth")):
+        assert process.poll() is None and time.time() < deadline, process.communicate()[0][-3000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    return finished(process, expected_status=1)
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def logged_losses(out):
+    with open(os.path.join(out, "losses.jsonl")) as f:
+        return {record.pop("iteration"): record for record in map(json.loads, f)}
+
+
+def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
+    script = str(tmp_path / "train_net_logged.py")
+    with open(script, "w") as f:
+        f.write(LOGGED_TRAIN_NET)
+    reference = str(tmp_path / "reference")
+    finished(logged_train_net(script, *COMMON, "OUTPUT_DIR", reference, cwd=tmp_path))
+
+    out = str(tmp_path / "out")
+    output = interrupted_run(script, out, tmp_path)
+    stopped = re.search(r"stopped by SIGTERM after iteration (\d+); checkpoint (\S+)\. Continue "
+                        r"with the same command and --resume", output)
+    assert stopped, output[-3000:]
+    iteration, checkpoint = int(stopped.group(1)), stopped.group(2)
+    assert 2 <= iteration < MAX_ITER - 1 and os.path.exists(checkpoint)
+    # weights_only: what torch.load reads by default (and detectron2 main's checkpointer with it).
+    assert torch.load(checkpoint, weights_only=True)["iteration"] == iteration
+    with open(os.path.join(out, "last_checkpoint")) as f:
+        assert f.read().strip() == os.path.basename(checkpoint)
+    assert not os.path.exists(os.path.join(out, "model_final.pth"))
+    before_stop = logged_losses(out)
+    assert sorted(before_stop) == list(range(iteration))  # the stop iteration's hook never ran
+
+    log = finished(logged_train_net(script, "--resume", *COMMON, "OUTPUT_DIR", out, cwd=tmp_path))
+    assert f"Starting training from iteration {iteration + 1}" in log
+    expected, resumed = logged_losses(reference), logged_losses(out)
+    # The stop iteration trained (its losses were not logged); the resumed run starts after it.
+    assert sorted(expected) == list(range(MAX_ITER))
+    assert sorted(resumed) == [it for it in range(MAX_ITER) if it != iteration]
+    assert set(expected[0]) == {"total_loss", "loss_cls", "loss_box_reg", "loss_corr"}
+    for it in resumed:
+        assert resumed[it] == pytest.approx(expected[it], rel=1e-5, abs=1e-7), it
+    # The losses move from iteration to iteration: equal losses are not equal constants.
+    assert len({round(expected[it]["total_loss"], 6) for it in range(MAX_ITER)}) == MAX_ITER
+
+    final, expected_weights = weights(os.path.join(out, "model_final.pth")), weights(
+        os.path.join(reference, "model_final.pth"))
+    assert final.keys() == expected_weights.keys()
+    # Equal up to float rounding (1e-7 seen: the resumed run's first steps sum in another order).
+    assert all(torch.allclose(final[k], expected_weights[k], rtol=0, atol=1e-6) for k in final)
+    trained, trained_expected = ([r for r in metrics(d) if "lr" in r][-1] for d in (out, reference))
+    assert trained["iteration"] == trained_expected["iteration"] == MAX_ITER - 1
+    assert trained["lr"] == trained_expected["lr"]
+    last, last_expected = metrics(out)[-1], metrics(reference)[-1]
+    assert last["bbox/AP"] == pytest.approx(last_expected["bbox/AP"], abs=1e-6)
+
+    log = train_net("--config-file", CONFIG, "--eval-only", *COMMON, "OUTPUT_DIR", str(tmp_path / "eval"),
+                    "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), cwd=tmp_path)
+    ap_line = log.split("copypaste: AP,AP50,AP75,APs,APm,APl")[1].splitlines()[1]
+    assert float(ap_line.split("copypaste: ")[1].split(",")[0]) == pytest.approx(last["bbox/AP"], abs=1e-3)

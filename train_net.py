@@ -6,9 +6,12 @@
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
 """
 import logging
+import re
 import sys
+from typing import Optional
 
 import corrloss_d2  # noqa: F401  (registers meta-architectures, backbones and datasets)
+from corrloss_d2 import errors
 from corrloss_d2.config import load_corrloss_config
 from corrloss_d2.data.augmentation import build_test_mapper, build_train_mapper
 from corrloss_d2.data.checks import build_checked_test_loader, build_checked_train_loader
@@ -24,6 +27,7 @@ from detectron2.engine import (DefaultTrainer, default_argument_parser, default_
                                launch)
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
+from torch.multiprocessing import ProcessRaisedException
 
 _create_ddp_model = engine_defaults.create_ddp_model
 
@@ -108,21 +112,34 @@ def main(args):
 def invoke_main(argv=None) -> None:
     """Parses ``argv`` (default: the command line) and runs :func:`main` in ``--num-gpus``
     processes. A wrong input (config file, config value, dataset, image) ends the program with
-    its message alone on stderr, without a traceback."""
+    its message alone on stderr, without a traceback, whichever process met it."""
     args = default_argument_parser().parse_args(argv)
     logging.getLogger("corrloss_d2").info("Command line arguments: %s", args)
     try:
         load_corrloss_config(args.config_file, args.opts)  # config errors before any process starts
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=(args,))
-    except InputError as error:
-        sys.exit(f"train_net.py: error: {input_error_message(error)}")
+    except (InputError, ProcessRaisedException) as error:
+        message = input_error_message(error)
+        if message is None:
+            raise
+        sys.exit(f"train_net.py: error: {message}")
 
 
-def input_error_message(error: InputError) -> str:
-    """The error's own message; a DataLoader worker's error arrives with the worker's traceback
-    in front of it, which is cut."""
-    return str(error).rsplit(f"{type(error).__module__}.{type(error).__qualname__}: ", 1)[-1]
+# How an InputError is named in a traceback: 'corrloss_d2.errors.DatasetError: <message>'.
+_NAMED_INPUT_ERROR = re.compile(rf"{re.escape(errors.__name__)}\.(\w+): ")
+
+
+def input_error_message(error: Exception) -> Optional[str]:
+    """The message of an InputError, or of the last InputError named in the text of an error
+    that carries one with its traceback (a DataLoader worker's, another process's); None when
+    there is none."""
+    text = str(error)
+    named = [match for match in _NAMED_INPUT_ERROR.finditer(text)
+             if issubclass(getattr(errors, match.group(1), type(None)), InputError)]
+    if named:
+        return text[named[-1].end():].strip()
+    return text if isinstance(error, InputError) else None
 
 
 if __name__ == "__main__":

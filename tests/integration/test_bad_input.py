@@ -12,6 +12,7 @@ silent wrong number); boxes with zero width or height are dropped with a logged 
 | images that cannot be read (truncated, not an image, missing) | ``CheckedDatasetMapper`` (train and test mappers) | ``test_unreadable_image_*``, ``test_mappers_name_*`` |
 | an empty dataset: no images, or no image with a box | ``coco_json`` / ``build_checked_train_loader`` | ``test_dataset_without_images_*``, ``test_no_image_with_a_box_*`` |
 | boxes with zero width or height | dropped by ``coco_json`` with a logged count | ``test_zero_size_boxes_*`` |
+| any of these met inside the processes of ``--num-gpus N`` | ``train_net.input_error_message`` | ``test_dataset_error_in_every_process_*``, ``test_input_error_message_*`` |
 """
 import json
 import logging
@@ -174,6 +175,27 @@ def test_dataset_classes_must_fit_the_model_through_train_net(tmp_path):
         "airplane, ...) but CorrRetinaNet has MODEL.RETINANET.NUM_CLASSES = 1: set "
         "MODEL.RETINANET.NUM_CLASSES 80 (config file or command line), or use a dataset of 1 "
         "class(es)")
+
+
+def test_dataset_error_in_every_process_of_a_multi_process_run_is_one_line(tmp_path):
+    """--num-gpus 2 (GLOO on CPU): the error raised in the spawned processes reaches the command
+    line as the same one line, without the processes' tracebacks."""
+    message = failure("--num-gpus", "2", "--config-file", CPU_CONFIG, *TINY_RUN, "DATASETS.TRAIN",
+                      "('coco128_train',)", cwd=tmp_path)
+    assert message.strip().startswith("dataset 'coco128_train' (DATASETS.TRAIN) has 80 classes")
+    assert message.strip().endswith("or use a dataset of 1 class(es)")
+
+
+def test_input_error_message_finds_the_error_behind_a_traceback():
+    raised = train_net.ProcessRaisedException(
+        "\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):"
+        "\n  File \"x.py\", line 1, in f\ncorrloss_d2.errors.ImageReadError: cannot read image "
+        "'a.jpg'\n", error_index=1, error_pid=7)
+    assert train_net.input_error_message(raised) == "cannot read image 'a.jpg'"
+    assert train_net.input_error_message(DatasetError("no image")) == "no image"
+    for other in ("Traceback ...\nValueError: corrloss_d2.errors is fine\n",
+                  "Traceback ...\ncorrloss_d2.errors.NotAnError: x\n"):
+        assert train_net.input_error_message(train_net.ProcessRaisedException(other, 0, 7)) is None
 
 
 @pytest.mark.parametrize("arch,key", [("CorrRetinaNet", "MODEL.RETINANET.NUM_CLASSES"),

@@ -5,6 +5,7 @@
     python train_net.py --num-gpus 8 --config-file configs/COCO-Detection/retinanet_R_50_FPN_1x_corr_spearman_0.1.yaml
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
 """
+import contextlib
 import logging
 import re
 import sys
@@ -15,7 +16,8 @@ from corrloss_d2 import errors
 from corrloss_d2.config import load_corrloss_config
 from corrloss_d2.data.augmentation import build_test_mapper, build_train_mapper
 from corrloss_d2.data.checks import build_checked_test_loader, build_checked_train_loader
-from corrloss_d2.engine import Normalizers, RandomState, ResumableTrainLoader, StopOnSignal
+from corrloss_d2.engine import (Normalizers, RandomState, ResumableTrainLoader, StopOnSignal,
+                                forward_stop_signals, signal_name)
 from corrloss_d2.errors import InputError
 from corrloss_d2.evaluation import build_evaluator
 from corrloss_d2.solver import build_optimizer
@@ -27,7 +29,7 @@ from detectron2.engine import (DefaultTrainer, default_argument_parser, default_
                                launch)
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
-from torch.multiprocessing import ProcessRaisedException
+from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
 _create_ddp_model = engine_defaults.create_ddp_model
 
@@ -117,13 +119,22 @@ def invoke_main(argv=None) -> None:
     logging.getLogger("corrloss_d2").info("Command line arguments: %s", args)
     try:
         load_corrloss_config(args.config_file, args.opts)  # config errors before any process starts
-        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
+        # With more than one process this one only waits for the training processes.
+        spawns = args.num_gpus * args.num_machines > 1
+        with forward_stop_signals() if spawns else contextlib.nullcontext([]) as stop_signals:
+            launch(main, args.num_gpus, num_machines=args.num_machines,
+                   machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
     except (InputError, ProcessRaisedException) as error:
         message = input_error_message(error)
         if message is None:
             raise
         sys.exit(f"train_net.py: error: {message}")
+    except ProcessExitedException as error:
+        if not stop_signals:
+            raise
+        # The training processes stopped on the signal and said how to resume (exit status 1).
+        sys.exit(1 if error.exit_code == 1 else f"train_net.py: stopped by "
+                 f"{signal_name(stop_signals[0])} before training started")
 
 
 # How an InputError is named in a traceback: 'corrloss_d2.errors.DatasetError: <message>'.

@@ -11,12 +11,18 @@
 - :class:`StopOnSignal`: on SIGTERM/SIGINT the current iteration ends, every process stops at
   the same iteration, ``model_<iter>.pth`` is saved (``last_checkpoint`` points to it) and the
   program exits with status 1 and a one-line message saying how to resume.
+- :func:`forward_stop_signals`: in the process that launched the training processes, a
+  SIGTERM/SIGINT is passed on to them (as ``FORWARDED_STOP_SIGNAL``) instead of ending it alone.
 """
+import contextlib
 import itertools
 import logging
+import multiprocessing
+import os
 import random
 import signal
 import sys
+import uuid
 
 import numpy as np
 import torch
@@ -26,28 +32,41 @@ from detectron2.data.common import ToIterableDataset
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import HookBase
 
-__all__ = ["ResumableTrainLoader", "RandomState", "Normalizers", "StopOnSignal", "INTERRUPTED_EXIT_MESSAGE"]
+__all__ = ["ResumableTrainLoader", "RandomState", "Normalizers", "StopOnSignal",
+           "forward_stop_signals", "INTERRUPTED_EXIT_MESSAGE", "FORWARDED_STOP_SIGNAL"]
 
 POSITION_KEY = "_stream_position"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# What the launching process sends its training processes on a stop signal: not a stop signal
+# itself, so that one that reaches them twice (Ctrl-C signals the whole process group, the
+# launcher forwards it) is not taken for the second signal that stops at once.
+FORWARDED_STOP_SIGNAL = signal.SIGUSR1
 INTERRUPTED_EXIT_MESSAGE = ("train_net.py: stopped by {signal} after iteration {iteration}; "
                             "checkpoint {path}. Continue with the same command and --resume")
 logger = logging.getLogger(__name__)
 
 
+# Per process (main or loader worker): stream sampler token -> position of the index it yielded
+# last. The mapper reads it there: detectron2 pickles the mapper apart from the sampler for
+# spawned workers, so the two hold copies of the sampler, not the same object.
+_YIELDED_POSITIONS = {}
+
+
 class _StreamSampler(TrainingSampler):
     """detectron2's TrainingSampler stream for this process, started at position ``start``
-    without the positions in ``skip``; remembers the position of the index it yields last."""
+    without the positions in ``skip``; publishes the position of the index it yields last in
+    ``_YIELDED_POSITIONS[self.token]``."""
 
     def __init__(self, size: int, seed: int):
         super().__init__(size, shuffle=True, seed=seed)
-        self.start, self.skip, self.position = 0, frozenset(), None
+        self.start, self.skip, self.token = 0, frozenset(), uuid.uuid4().hex
 
     def __iter__(self):
         stream = itertools.islice(self._infinite_indices(),
                                   self._rank + self.start * self._world_size, None, self._world_size)
         for position, index in zip(itertools.count(self.start), stream):
             if position not in self.skip:
-                self.position = position
+                _YIELDED_POSITIONS[self.token] = position
                 yield index
 
 
@@ -59,7 +78,7 @@ class _PositionSeededMapper:
         self.mapper, self.sampler = mapper, sampler
 
     def __call__(self, dataset_dict):
-        position = self.sampler.position
+        position = _YIELDED_POSITIONS[self.sampler.token]
         state = random.getstate(), np.random.get_state(), torch.get_rng_state()
         seed = np.random.SeedSequence([self.sampler._seed, self.sampler._rank, position])
         seed = int(seed.generate_state(1)[0])
@@ -164,21 +183,30 @@ class Normalizers:
             setattr(self.modules[name], key, value)
 
 
+def signal_name(signum: int) -> str:
+    if signum == FORWARDED_STOP_SIGNAL:
+        return "SIGTERM/SIGINT (passed on by the launching process)"
+    return signal.Signals(signum).name
+
+
 class StopOnSignal(HookBase):
     """Place it before detectron2's PeriodicCheckpointer. See the module's docstring."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (*STOP_SIGNALS, FORWARDED_STOP_SIGNAL)
 
     def __init__(self, checkpointer, train_loader=None, random_state=None):
         self.checkpointer, self.train_loader, self.random_state = checkpointer, train_loader, random_state
-        self.received, self.previous = None, {}
+        self.received, self.received_directly, self.previous = None, None, {}
 
     def _handle(self, signum, frame):
-        if self.received is not None:  # a second signal: stop now, the default way
-            signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
-            signal.raise_signal(signum)
-        self.received = signum
-        logger.warning("%s received: stopping after this iteration.", signal.Signals(signum).name)
+        if signum != FORWARDED_STOP_SIGNAL:
+            if self.received_directly is not None:  # a second one: stop now, the default way
+                signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
+                signal.raise_signal(signum)
+            self.received_directly = signum
+        if self.received is None:
+            self.received = signum
+            logger.warning("%s received: stopping after this iteration.", signal_name(signum))
 
     def before_train(self):
         self.trainer._trainer._data_loader_iter  # create it now: it draws from torch's RNG
@@ -206,8 +234,32 @@ class StopOnSignal(HookBase):
         self.checkpointer.save(name, iteration=iteration)  # writes on the main process only
         comm.synchronize()
         message = INTERRUPTED_EXIT_MESSAGE.format(
-            signal=signal.Signals(received).name, iteration=iteration,
+            signal=signal_name(received), iteration=iteration,
             path=f"{self.checkpointer.save_dir}/{name}.pth")
         if comm.is_main_process():
             print(message, file=sys.stderr, flush=True)
+        comm.synchronize()  # a launcher ends every process once one has exited: print first
         sys.exit(1)
+
+
+@contextlib.contextmanager
+def forward_stop_signals():
+    """While it is open, a SIGTERM/SIGINT sent to this process (the launcher of the training
+    processes, e.g. by a container runtime that signals its first process only) reaches every
+    child process as ``FORWARDED_STOP_SIGNAL``, which :class:`StopOnSignal` takes as a stop
+    request; this process goes on waiting for them. Yields the list of signals received."""
+    received = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        logger.warning("%s received: passed on to the training processes.",
+                       signal.Signals(signum).name)
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, FORWARDED_STOP_SIGNAL)
+
+    previous = {signum: signal.signal(signum, forward) for signum in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

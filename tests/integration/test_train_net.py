@@ -36,7 +36,7 @@ def test_train_then_evaluate_and_resume(tmp_path, arch, score_key, check_loss_dr
     config = os.path.join(REPO, "configs", "CPU", f"{arch}_R_18_FPN_raccoon_scratch.yaml")
     out = str(tmp_path / "out")
     # A low score threshold so that a briefly trained model still returns detections to score.
-    common = [*FAST, f"MODEL.{score_key}.SCORE_THRESH_TEST", "0.01", "OUTPUT_DIR", out]
+    common = [*FAST, f"MODEL.{score_key}.SCORE_THRESH_TEST", "0.01", "SEED", "0", "OUTPUT_DIR", out]
     train_net("--config-file", config, "SOLVER.MAX_ITER", "60", *common, cwd=tmp_path)
     records = metrics(out)
     losses = [r["total_loss"] for r in records if "total_loss" in r]

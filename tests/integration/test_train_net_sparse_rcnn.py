@@ -14,7 +14,10 @@ CONFIG = os.path.join(REPO, "configs", "CPU", "sparse_rcnn_R_18_FPN_raccoon_scra
 
 def test_sparse_rcnn_trains_on_raccoon_and_evaluates(tmp_path):
     out = str(tmp_path / "out")
-    train_net("--config-file", CONFIG, *FAST, "SOLVER.MAX_ITER", "40", "MODEL.CORR_LOSS.WEIGHT", "0.2",
+    # A fixed seed: over seeds the 40-iteration loss ratio spreads widely (seeds 0, 1, 2: 0.66,
+    # 0.71, 0.52; an unseeded run gave 0.83).
+    train_net("--config-file", CONFIG, *FAST, "SEED", "0", "SOLVER.MAX_ITER", "40",
+              "MODEL.CORR_LOSS.WEIGHT", "0.2",
               "MODEL.SPARSE_RCNN.NUM_STAGES", "2", "MODEL.SPARSE_RCNN.NUM_PROPOSALS", "25",
               "TEST.DETECTIONS_PER_IMAGE", "25", "OUTPUT_DIR", out, cwd=tmp_path)
     records = metrics(out)

@@ -52,6 +52,18 @@ logger = logging.getLogger(__name__)
 _YIELDED_POSITIONS = {}
 
 
+def _rng_states():
+    """This process's (python, numpy, torch) global random states."""
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+
+def _set_rng_states(states) -> None:
+    python, numpy_state, torch_state = states
+    random.setstate(python)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(torch_state)
+
+
 class _StreamSampler(TrainingSampler):
     """detectron2's TrainingSampler stream for this process, started at position ``start``
     without the positions in ``skip``; publishes the position of the index it yields last in
@@ -79,7 +91,7 @@ class _PositionSeededMapper:
 
     def __call__(self, dataset_dict):
         position = _YIELDED_POSITIONS[self.sampler.token]
-        state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        caller_states = _rng_states()
         seed = np.random.SeedSequence([self.sampler._seed, self.sampler._rank, position])
         seed = int(seed.generate_state(1)[0])
         random.seed(seed)
@@ -88,9 +100,7 @@ class _PositionSeededMapper:
         try:
             mapped = self.mapper(dataset_dict)
         finally:
-            random.setstate(state[0])
-            np.random.set_state(state[1])
-            torch.set_rng_state(state[2])
+            _set_rng_states(caller_states)
         if mapped is not None:
             mapped[POSITION_KEY] = position
         return mapped
@@ -147,8 +157,9 @@ class RandomState:
         self.loaded = None
 
     def state_dict(self):
-        name, keys, pos, has_gauss, gauss = np.random.get_state()
-        return {"python": random.getstate(), "torch": torch.get_rng_state(),
+        python, (name, keys, pos, has_gauss, gauss), torch_state = _rng_states()
+        # numpy's key array as a tensor: torch.load(weights_only=True) reads no numpy arrays.
+        return {"python": python, "torch": torch_state,
                 "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
 
     def load_state_dict(self, state):
@@ -158,10 +169,10 @@ class RandomState:
         if self.loaded is None:
             return
         version, internal, gauss = self.loaded["python"]
-        random.setstate((version, tuple(internal), gauss))
         name, keys, pos, has_gauss, cached = self.loaded["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(self.loaded["torch"])
+        _set_rng_states(((version, tuple(internal), gauss),
+                         (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached),
+                         self.loaded["torch"]))
         self.loaded = None
 
 

@@ -18,7 +18,7 @@ from corrloss_d2.data.augmentation import build_test_mapper, build_train_mapper
 from corrloss_d2.data.checks import build_checked_test_loader, build_checked_train_loader
 from corrloss_d2.engine import (Normalizers, RandomState, ResumableTrainLoader, StopOnSignal,
                                 forward_stop_signals, signal_name)
-from corrloss_d2.errors import InputError
+from corrloss_d2.errors import ConfigError, InputError
 from corrloss_d2.evaluation import build_evaluator
 from corrloss_d2.solver import build_optimizer
 
@@ -80,8 +80,15 @@ class Trainer(DefaultTrainer):
         TrainingSampler only; other samplers start again)."""
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             return build_checked_train_loader(cfg, mapper=build_train_mapper(cfg))
+        world_size = comm.get_world_size()
+        if cfg.SOLVER.IMS_PER_BATCH % world_size:
+            raise ConfigError(f"cfg.SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} is not "
+                              f"divisible by the number of processes ({world_size}); give a "
+                              "multiple of it")
         return ResumableTrainLoader(lambda **kwargs: build_checked_train_loader(cfg, **kwargs),
-                                    build_train_mapper(cfg), comm.shared_random_seed())
+                                    build_train_mapper(cfg), comm.shared_random_seed(),
+                                    batch_size=cfg.SOLVER.IMS_PER_BATCH // world_size,
+                                    aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import detectron2.utils.comm as comm
-from detectron2.data.common import ToIterableDataset
+from detectron2.data.common import AspectRatioGroupedDataset, ToIterableDataset
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import HookBase
 
@@ -107,13 +107,25 @@ class _PositionSeededMapper:
 
 
 class ResumableTrainLoader:
-    """Wraps ``build_loader(sampler=..., mapper=...)`` (a detectron2 train loader builder) so that
-    its sample stream can be saved and continued; a checkpointable (``state_dict``)."""
+    """Wraps ``build_loader(sampler=..., mapper=..., total_batch_size=..., aspect_ratio_grouping=...)``
+    (a detectron2 train loader builder) so that its sample stream can be saved and continued; a
+    checkpointable (``state_dict``).
 
-    def __init__(self, build_loader, mapper, seed: int):
+    The loader's workers deliver single samples in stream order (they take turns one sample at a
+    time) and batches of ``batch_size`` are formed here, in the main process, grouped by aspect
+    ratio like detectron2's ``AspectRatioGroupedDataset`` when ``aspect_ratio_grouping``. So a
+    batch's samples and their order depend on the stream alone: not on the number of workers,
+    and not on a resume (detectron2 batches inside each worker, from chunks of the stream that a
+    resume would cut differently; samples in another order sum the losses in another order)."""
+
+    def __init__(self, build_loader, mapper, seed: int, *, batch_size: int,
+                 aspect_ratio_grouping: bool):
         self.sampler = _StreamSampler(1, seed)  # its size is the dataset's, known once built
+        self.batch_size, self.aspect_ratio_grouping = batch_size, aspect_ratio_grouping
         self.loader = build_loader(sampler=self.sampler,
-                                   mapper=_PositionSeededMapper(mapper, self.sampler))
+                                   mapper=_PositionSeededMapper(mapper, self.sampler),
+                                   total_batch_size=comm.get_world_size(),
+                                   aspect_ratio_grouping=False)
         inner = self.loader
         while not isinstance(inner, ToIterableDataset):
             inner = inner.dataset
@@ -121,10 +133,25 @@ class ResumableTrainLoader:
         self.next_position, self.consumed = 0, set()  # all positions < next_position consumed
         self.all_processes = None  # every process's (next_position, consumed), see StopOnSignal
 
+    def _batches(self, samples):
+        if self.aspect_ratio_grouping:
+            yield from AspectRatioGroupedDataset(samples, self.batch_size)
+            return
+        while True:
+            yield list(itertools.islice(samples, self.batch_size))
+
     def __iter__(self):
+        # Samples waiting in a batch not yet complete were not consumed: a resumed stream
+        # delivers them first, in their order, and so refills the batches as they were.
         self.sampler.start = self.next_position
         self.sampler.skip = frozenset(self.consumed)
-        for batch in self.loader:
+        # The loader's iterator now, not at the first batch: it draws from torch's random state,
+        # which a resumed run restores after this call (StopOnSignal.before_train).
+        singles = iter(self.loader)
+        return self._consumed_batches(itertools.chain.from_iterable(singles))
+
+    def _consumed_batches(self, samples):
+        for batch in self._batches(samples):
             self.consumed.update(d.pop(POSITION_KEY) for d in batch)
             while self.next_position in self.consumed:
                 self.consumed.discard(self.next_position)

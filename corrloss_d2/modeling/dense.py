@@ -2,7 +2,7 @@
 from typing import Dict, List, NamedTuple
 
 import torch
-from fvcore.nn import sigmoid_focal_loss_jit
+from fvcore.nn import sigmoid_focal_loss
 from torch import nn
 from torch.nn import functional as F
 
@@ -68,9 +68,13 @@ class ClassificationLoss(nn.Module):
                              "classification loss takes none")
         # In float32 (or wider) whatever the head's precision (mixed-precision training).
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        if self.kind == "focal":  # exactly detectron2's RetinaNet / FCOS classification loss
+        if self.kind == "focal":  # detectron2's RetinaNet / FCOS classification loss
             target = F.one_hot(labels, num_classes=logits.shape[-1] + 1)[:, :-1].to(logits.dtype)
-            return sigmoid_focal_loss_jit(logits, target, alpha=self.focal_alpha,
+            # fvcore's eager function, not its TorchScript copy (sigmoid_focal_loss_jit) that
+            # detectron2 calls: TorchScript's profiling executor differentiates a scripted
+            # function with other formulas from its second call on, so the first training step
+            # of a process (a resumed run's) would round its gradients differently.
+            return sigmoid_focal_loss(logits, target, alpha=self.focal_alpha,
                                           gamma=self.focal_gamma, reduction="sum") / normalizer
         options = self.options[self.kind] if weights is None else {**self.options[self.kind],
                                                                    "weights": weights}

@@ -31,7 +31,7 @@ def test_bfloat16_autocast_training_step_keeps_losses_in_float32(arch, cls_loss,
         return wrapper
 
     if cls_loss == "focal":
-        monkeypatch.setattr(dense, "sigmoid_focal_loss_jit", spy(dense.sigmoid_focal_loss_jit,
+        monkeypatch.setattr(dense, "sigmoid_focal_loss", spy(dense.sigmoid_focal_loss,
                                                                  "classification"))
     else:
         monkeypatch.setitem(classification_loss.iou_aware_fns, cls_loss,

@@ -9,10 +9,10 @@ register_missing_op_placeholders()  # before detectron2 modules that use the ops
 
 from .config import add_corrloss_config, validate_corrloss_config  # noqa: E402
 from .data import register_corrloss_datasets  # noqa: E402
-from .modeling import CorrelationLossHook, CorrFCOS, CorrRetinaNet, CorrSparseRCNN  # noqa: E402
+from .modeling import CorrelationLoss, CorrFCOS, CorrRetinaNet, CorrSparseRCNN  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["add_corrloss_config", "validate_corrloss_config", "register_corrloss_datasets",
-           "CorrRetinaNet", "CorrFCOS", "CorrSparseRCNN", "CorrelationLossHook"]
+           "CorrRetinaNet", "CorrFCOS", "CorrSparseRCNN", "CorrelationLoss"]
 
 register_corrloss_datasets()

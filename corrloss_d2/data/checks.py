@@ -29,17 +29,23 @@ __all__ = ["num_classes_key", "check_datasets", "build_checked_train_loader",
 _EVALUATION_JSONS_CHECKED = set()
 
 
+# detectron2's own meta-architectures, which cannot declare NUM_CLASSES_KEY themselves.
+_DETECTRON2_NUM_CLASSES_KEYS = ((FCOS, "MODEL.FCOS.NUM_CLASSES"),
+                                (RetinaNet, "MODEL.RETINANET.NUM_CLASSES"),
+                                (GeneralizedRCNN, "MODEL.ROI_HEADS.NUM_CLASSES"))
+
+
 def num_classes_key(meta_architecture: str) -> Optional[str]:
-    """The config key that sets the number of classes of a registered meta-architecture (or of a
-    subclass of one this package knows); None for the others."""
-    from ..modeling import CorrSparseRCNN  # here: corrloss_d2.modeling imports corrloss_d2.data
+    """The config key that sets the number of classes of a registered meta-architecture: its
+    class attribute ``NUM_CLASSES_KEY`` (every corrloss_d2 meta-architecture declares one), else
+    the key of the detectron2 meta-architecture it derives from; None for the others."""
     try:
         arch = META_ARCH_REGISTRY.get(meta_architecture)
     except KeyError:
         return None
-    for base, key in ((CorrSparseRCNN, "MODEL.SPARSE_RCNN.NUM_CLASSES"),
-                      (FCOS, "MODEL.FCOS.NUM_CLASSES"), (RetinaNet, "MODEL.RETINANET.NUM_CLASSES"),
-                      (GeneralizedRCNN, "MODEL.ROI_HEADS.NUM_CLASSES")):
+    if getattr(arch, "NUM_CLASSES_KEY", None):
+        return arch.NUM_CLASSES_KEY
+    for base, key in _DETECTRON2_NUM_CLASSES_KEYS:
         if isinstance(arch, type) and issubclass(arch, base):
             return key
     return None

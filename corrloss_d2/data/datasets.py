@@ -1,12 +1,15 @@
 """COCO-format datasets this package registers with detectron2 (names usable in DATASETS.*).
 
-Three kinds, all registered when ``corrloss_d2`` is imported and loaded lazily:
+Four kinds, all registered by :func:`register_corrloss_datasets` when ``corrloss_d2`` is imported
+and loaded lazily:
 
 - ``shapes_train``, ``shapes_val``: the embedded generated dataset (:mod:`.synthetic`), drawn and
   cached on first use; what the demo trains on. Needs nothing beside the checkout.
 - ``raccoon_*``, ``coco128_train``: files under :func:`data_root` (:data:`DATASET_FILES`).
 - any COCO-json dataset named in ``$CORRLOSS_COCO_DATASETS`` (:data:`COCO_DATASETS_ENV`), no code
   needed: ``name=annotations.json:image_folder``, several separated by ``;``.
+- ``cityscapes_fine_detection_{train,val}`` (:mod:`.cityscapes`), read from
+  ``$DETECTRON2_DATASETS/cityscapes``.
 
 All are read by :func:`.coco_json.load_checked_coco_json`: a malformed annotation file raises an
 error naming the file, entry and field; boxes with zero width or height are dropped (logged).
@@ -19,6 +22,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..errors import MissingFileError
 from . import synthetic
+from .cityscapes import register_cityscapes_detection_splits
 from .coco_json import load_checked_coco_json
 
 __all__ = ["DATA_ROOT_ENV", "COCO_DATASETS_ENV", "DATASET_FILES", "data_root",
@@ -36,11 +40,8 @@ DATASET_FILES = {
 
 
 def data_root() -> Path:
-    """$CORRLOSS_DATA_ROOT, else ./datasets, else the checkout's sibling shared/data."""
-    if os.environ.get(DATA_ROOT_ENV):
-        return Path(os.environ[DATA_ROOT_ENV])
-    candidates = [Path("datasets"), Path(__file__).resolve().parents[3] / "shared" / "data"]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
+    """$CORRLOSS_DATA_ROOT, else ./datasets."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or "datasets")
 
 
 def _coco_loader(name: str, json_file: Path, image_root: Path, missing_hint: str):
@@ -92,8 +93,8 @@ def _register(name: str, load, json_file: Path, image_root: Path) -> None:
 
 def register_corrloss_datasets(root: Optional[Path] = None) -> None:
     """Registers the embedded ``shapes_*`` datasets, those of :data:`DATASET_FILES` under ``root``
-    (default :func:`data_root`) and those listed in ``$CORRLOSS_COCO_DATASETS`` (which take
-    precedence over :data:`DATASET_FILES`). Loading is lazy: a missing file is reported when the
+    (default :func:`data_root`), those listed in ``$CORRLOSS_COCO_DATASETS`` (which take
+    precedence over :data:`DATASET_FILES`) and the Cityscapes detection splits. Loading is lazy: a missing file is reported when the
     dataset is first used. Idempotent; a name registered before with other data is an error."""
     root = Path(root) if root is not None else data_root()
     entries = {}
@@ -110,6 +111,7 @@ def register_corrloss_datasets(root: Optional[Path] = None) -> None:
             f"Dataset {name!r} was registered from ${COCO_DATASETS_ENV} with it; fix that entry "
             f"(name=annotations.json:image_folder).")
         entries[name] = (_coco_loader(name, json_file, image_root, hint), json_file, image_root)
+    register_cityscapes_detection_splits()
     registered = set(DatasetCatalog.list())
     for name, (load, json_file, image_root) in entries.items():
         if name not in registered:

@@ -22,7 +22,7 @@ from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.file_io import PathManager
 
-from . import candidates as candidate_recording
+from ..modeling import candidates as candidate_recording
 from .coco_ap import coco_box_ap, load_coco
 
 __all__ = ["CorrelationEvaluator", "RESULTS_FILE", "box_iou", "spearman", "greedy_match",

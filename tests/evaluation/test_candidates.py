@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from corrloss_d2.evaluation import candidates as candidate_recording
-from tests.modeling.tiny import synthetic_batch, tiny_model
+from corrloss_d2.modeling import candidates as candidate_recording
+from tests.tiny import synthetic_batch, tiny_model
 
 
 @pytest.mark.parametrize("arch,node", [("CorrRetinaNet", "RETINANET"), ("CorrFCOS", "FCOS")])

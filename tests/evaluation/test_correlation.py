@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 
 import corrloss_d2  # noqa: F401
 from corrloss_d2.evaluation import CorrelationEvaluator
-from corrloss_d2.evaluation import candidates as candidate_recording
+from corrloss_d2.modeling import candidates as candidate_recording
 from corrloss_d2.evaluation.coco_ap import coco_box_ap, load_coco
 from corrloss_d2.evaluation.correlation import RESULTS_FILE, greedy_match
 from detectron2.data.datasets import register_coco_instances

@@ -12,7 +12,7 @@ silent wrong number); boxes with zero width or height are dropped with a logged 
 | images that cannot be read (truncated, not an image, missing) | ``CheckedDatasetMapper`` (train and test mappers) | ``test_unreadable_image_*``, ``test_mappers_name_*`` |
 | an empty dataset: no images, or no image with a box | ``coco_json`` / ``build_checked_train_loader`` | ``test_dataset_without_images_*``, ``test_no_image_with_a_box_*`` |
 | boxes with zero width or height | dropped by ``coco_json`` with a logged count | ``test_zero_size_boxes_*`` |
-| any of these met inside the processes of ``--num-gpus N`` | ``train_net.input_error_message`` | ``test_dataset_error_in_every_process_*``, ``test_input_error_message_*`` |
+| any of these met inside the processes of ``--num-gpus N`` | ``corrloss_d2.engine.input_error_message`` | ``test_dataset_error_in_every_process_*``, ``test_input_error_message_*`` |
 """
 import json
 import logging
@@ -24,7 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import train_net
+from corrloss_d2.engine import launch as engine_launch
+from detectron2.engine import default_argument_parser
+from torch.multiprocessing import ProcessRaisedException
 from corrloss_d2.config import load_corrloss_config, validate_corrloss_config
 from corrloss_d2.data import (build_checked_train_loader, check_datasets, load_checked_coco_json,
                               register_corrloss_datasets)
@@ -34,9 +36,7 @@ from corrloss_d2.data.datasets import COCO_DATASETS_ENV, DATA_ROOT_ENV, DATASET_
 from corrloss_d2.errors import ConfigError, DatasetError, ImageReadError, MissingFileError
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..modeling.tiny import BASES, tiny_cfg
-from .test_train_net import REPO, metrics
-from .test_train_net import train_net as run_train_net
+from tests.tiny import BASES, REPO, tiny_cfg
 
 CPU_CONFIG = os.path.join(REPO, "configs", "CPU", "retinanet_R_18_FPN_raccoon_scratch.yaml")
 # 1-2 iterations on 64-pixel images, no evaluation.
@@ -89,13 +89,18 @@ def register(monkeypatch):
         MetadataCatalog.remove(name)
 
 
-def failure(*args, cwd, traceback=False):
+@pytest.fixture
+def failure(train_net):
     """Runs train_net.py expecting it to fail; returns its error message, which ends the output.
     Unless ``traceback``, the output holds no traceback at all."""
-    output = run_train_net(*args, cwd=cwd, expect_failure=True)
-    assert "train_net.py: error: " in output, output[-3000:]
-    assert traceback or "Traceback" not in output, output[-3000:]
-    return output.rsplit("train_net.py: error: ", 1)[1]
+
+    def run(*args, cwd, traceback=False):
+        output = train_net(*args, cwd=cwd, expect_failure=True)
+        assert "train_net.py: error: " in output, output[-3000:]
+        assert traceback or "Traceback" not in output, output[-3000:]
+        return output.rsplit("train_net.py: error: ", 1)[1]
+
+    return run
 
 
 def with_dataset(monkeypatch, name, json_file, images):
@@ -109,8 +114,14 @@ def with_dataset(monkeypatch, name, json_file, images):
 
 @pytest.fixture
 def no_launch(monkeypatch):
-    """train_net.invoke_main in this process must stop at the config: never start training."""
-    monkeypatch.setattr(train_net, "launch", lambda *args, **kwargs: pytest.fail("config accepted"))
+    """train_net.py's entry point (:func:`invoke`) in this process must stop at the config: never
+    start training."""
+    monkeypatch.setattr(engine_launch, "launch", lambda *args, **kwargs: pytest.fail("config accepted"))
+
+
+def invoke(argv):
+    """What train_net.py runs, in this process."""
+    engine_launch.launch_main(lambda args: None, default_argument_parser().parse_args(argv))
 
 
 @pytest.mark.parametrize("key,value,message", [
@@ -129,7 +140,7 @@ def no_launch(monkeypatch):
 def test_invalid_config_value_ends_train_net_with_its_message(key, value, message, no_launch):
     """train_net.py's own entry point; config errors stop it before any process starts."""
     with pytest.raises(SystemExit) as exit_:
-        train_net.invoke_main(["--config-file", CPU_CONFIG, key, value])
+        invoke(["--config-file", CPU_CONFIG, key, value])
     assert str(exit_.value.code).startswith("train_net.py: error: ")
     assert re.search(message, str(exit_.value.code)), exit_.value.code
 
@@ -147,10 +158,11 @@ def test_invalid_config_value_in_a_yaml_file_names_the_file(tmp_path, no_launch)
     config = tmp_path / "bad.yaml"
     config.write_text(f'_BASE_: "{CPU_CONFIG}"\nMODEL:\n  CORR_LOSS:\n    WEIGHT: abc\n')
     with pytest.raises(SystemExit, match=rf"config file {config}: Type mismatch .*WEIGHT"):
-        train_net.invoke_main(["--config-file", str(config)])
+        invoke(["--config-file", str(config)])
 
 
-def test_missing_config_file_is_one_line(tmp_path):
+@pytest.mark.slow
+def test_missing_config_file_is_one_line(tmp_path, failure):
     message = failure("--config-file", "nope.yaml", cwd=tmp_path)
     assert message.strip() == (f"config file 'nope.yaml' does not exist (relative paths start at "
                                f"{tmp_path}); give the path of a yaml config, e.g. "
@@ -159,14 +171,15 @@ def test_missing_config_file_is_one_line(tmp_path):
 
 def test_missing_config_file_raises_missing_file_error_in_process(no_launch):
     with pytest.raises(SystemExit, match="no config file"):
-        train_net.invoke_main([])
+        invoke([])
     with pytest.raises(MissingFileError):
         load_corrloss_config("nope.yaml")
 
 
 # --- dataset classes against the model ----------------------------------------------------------
 
-def test_dataset_classes_must_fit_the_model_through_train_net(tmp_path):
+@pytest.mark.slow
+def test_dataset_classes_must_fit_the_model_through_train_net(tmp_path, failure):
     """The 1-class raccoon config trained on the 80-class coco128 (was: IndexError in dense.py)."""
     message = failure("--config-file", CPU_CONFIG, *TINY_RUN, "DATASETS.TRAIN", "('coco128_train',)",
                       cwd=tmp_path)
@@ -177,7 +190,8 @@ def test_dataset_classes_must_fit_the_model_through_train_net(tmp_path):
         "class(es)")
 
 
-def test_dataset_error_in_every_process_of_a_multi_process_run_is_one_line(tmp_path):
+@pytest.mark.slow
+def test_dataset_error_in_every_process_of_a_multi_process_run_is_one_line(tmp_path, failure):
     """--num-gpus 2 (GLOO on CPU): the error raised in the spawned processes reaches the command
     line as the same one line, without the processes' tracebacks."""
     message = failure("--num-gpus", "2", "--config-file", CPU_CONFIG, *TINY_RUN, "DATASETS.TRAIN",
@@ -187,15 +201,15 @@ def test_dataset_error_in_every_process_of_a_multi_process_run_is_one_line(tmp_p
 
 
 def test_input_error_message_finds_the_error_behind_a_traceback():
-    raised = train_net.ProcessRaisedException(
+    raised = ProcessRaisedException(
         "\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):"
         "\n  File \"x.py\", line 1, in f\ncorrloss_d2.errors.ImageReadError: cannot read image "
         "'a.jpg'\n", error_index=1, error_pid=7)
-    assert train_net.input_error_message(raised) == "cannot read image 'a.jpg'"
-    assert train_net.input_error_message(DatasetError("no image")) == "no image"
+    assert engine_launch.input_error_message(raised) == "cannot read image 'a.jpg'"
+    assert engine_launch.input_error_message(DatasetError("no image")) == "no image"
     for other in ("Traceback ...\nValueError: corrloss_d2.errors is fine\n",
                   "Traceback ...\ncorrloss_d2.errors.NotAnError: x\n"):
-        assert train_net.input_error_message(train_net.ProcessRaisedException(other, 0, 7)) is None
+        assert engine_launch.input_error_message(ProcessRaisedException(other, 0, 7)) is None
 
 
 @pytest.mark.parametrize("arch,key", [("CorrRetinaNet", "MODEL.RETINANET.NUM_CLASSES"),
@@ -223,12 +237,14 @@ def test_class_count_keys_of_detectron2_models_and_unknown_datasets():
 
 # --- dataset folders and annotation files ------------------------------------------------------
 
-def test_missing_data_root_names_the_path_and_the_variable(tmp_path, monkeypatch):
-    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path / "no_data"))
-    message = failure("--config-file", CPU_CONFIG, *TINY_RUN, cwd=tmp_path)
-    assert message.startswith(f"{tmp_path / 'no_data' / DATASET_FILES['raccoon_train'][0]} does "
-                              f"not exist. Dataset 'raccoon_train' needs it: set {DATA_ROOT_ENV} to "
-                              f"the folder that holds raccoon/ (now {tmp_path / 'no_data'})")
+def test_missing_data_root_names_the_path_and_the_variable(tmp_path):
+    root = tmp_path / "no_data"
+    json_rel, images_rel = DATASET_FILES["raccoon_train"]
+    with pytest.raises(MissingFileError) as error:
+        _loader("raccoon_train", root, root / json_rel, root / images_rel)()
+    assert str(error.value).startswith(
+        f"{root / json_rel} does not exist. Dataset 'raccoon_train' needs it: set {DATA_ROOT_ENV} "
+        f"to the folder that holds raccoon/ (now {root})")
 
 
 def test_missing_listed_dataset_folder_names_the_entry_to_fix(tmp_path, register):
@@ -296,14 +312,6 @@ def test_annotation_file_that_is_not_json_is_named(tmp_path):
         load_checked_coco_json(json_file, tmp_path, "spoilt")
 
 
-def test_bad_annotation_file_through_train_net(tmp_path, monkeypatch):
-    files = write_dataset(tmp_path / "data", edit=drop("annotations", 0, "bbox"))
-    message = failure(*with_dataset(monkeypatch, "no_bbox", *files), "OUTPUT_DIR", str(tmp_path / "out"),
-                      cwd=tmp_path)
-    assert message.startswith(f"{files[0]} is not a valid COCO detection annotation file; fix "
-                              "these 1 problem(s) in it:\n  annotations[0] (id 1): no 'bbox'")
-
-
 def test_every_loader_of_this_package_checks_its_annotation_file(tmp_path):
     json_rel, images_rel = DATASET_FILES["raccoon_val"]
     (tmp_path / images_rel).mkdir(parents=True)
@@ -354,7 +362,8 @@ def test_mappers_name_unreadable_images(tmp_path, how):
             mapper(record)
 
 
-def test_unreadable_image_through_train_net(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_unreadable_image_through_train_net(tmp_path, monkeypatch, failure):
     """With a loader worker (as the CPU configs use): the message crosses the process, and the
     worker's traceback is cut from it (the training log keeps detectron2's report)."""
     files = write_dataset(tmp_path / "data")
@@ -375,23 +384,17 @@ def test_dataset_without_images_is_an_error(tmp_path):
         load_checked_coco_json(json_file, images, "empty")
 
 
-def test_no_image_with_a_box_through_train_net(tmp_path, monkeypatch):
-    files = write_dataset(tmp_path / "data", boxes=())
-    message = failure(*with_dataset(monkeypatch, "no_boxes", *files), "OUTPUT_DIR", str(tmp_path / "out"),
-                      cwd=tmp_path)
-    assert message.strip() == (
-        "DATASETS.TRAIN has no image to train on ('no_boxes': 2 images, none with a (non-crowd) "
-        "box); training skips images without boxes (DATALOADER.FILTER_EMPTY_ANNOTATIONS True). "
-        "Add the boxes to the annotation file, or train on another dataset")
-
-
 def test_no_image_with_a_box_in_process(tmp_path, register):
     name = register("crowd_only", *write_dataset(
         tmp_path, edit=lambda data: [a.__setitem__("iscrowd", 1) for a in data["annotations"]]))
     cfg = tiny_cfg("CorrRetinaNet", "MODEL.RETINANET.NUM_CLASSES", 1, "DATASETS.TRAIN", (name,),
                    "DATASETS.TEST", ())
-    with pytest.raises(DatasetError, match=r"'crowd_only': 2 images, none with a \(non-crowd\) box"):
+    with pytest.raises(DatasetError) as error:
         build_checked_train_loader(cfg)
+    assert str(error.value) == (
+        "DATASETS.TRAIN has no image to train on ('crowd_only': 2 images, none with a (non-crowd) "
+        "box); training skips images without boxes (DATALOADER.FILTER_EMPTY_ANNOTATIONS True). "
+        "Add the boxes to the annotation file, or train on another dataset")
 
 
 def test_zero_size_boxes_are_dropped_with_a_logged_count(tmp_path):
@@ -409,10 +412,11 @@ def test_zero_size_boxes_are_dropped_with_a_logged_count(tmp_path):
                         f"{json_file} (annotation ids 1, 3, 4, 6)"]
 
 
-def test_zero_size_boxes_through_train_net_train_without_nan(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_zero_size_boxes_through_train_net_train_without_nan(tmp_path, monkeypatch, train_net, metrics):
     files = write_dataset(tmp_path / "data", boxes=((8, 10, 0, 20), (40, 30, 20, 25)))
     out = tmp_path / "out"
-    log = run_train_net(*with_dataset(monkeypatch, "thin", *files), "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(out),
+    log = train_net(*with_dataset(monkeypatch, "thin", *files), "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(out),
                         cwd=tmp_path)
     assert "Dataset 'thin': ignoring 2 box(es) with zero width or height" in log
     losses = [r["total_loss"] for r in metrics(out) if "total_loss" in r]

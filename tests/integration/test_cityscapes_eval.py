@@ -196,7 +196,8 @@ def leaf_evaluators(evaluator):
     return [evaluator]
 
 
-def test_train_net_evaluates_box_ap_and_the_official_metric(val_name, tmp_path):
+def test_cityscapes_datasets_get_box_ap_and_the_official_evaluator(val_name, tmp_path):
+    """What train_net.py's trainer builds for a Cityscapes dataset (their results: the tests below)."""
     cfg = get_cfg()
     add_corrloss_config(cfg)
     cfg.OUTPUT_DIR = str(tmp_path)
@@ -217,7 +218,8 @@ def test_boxes_classes_and_crowds_match_hand_made_expectations(cityscapes_root, 
             assert found == EXPECTED_ANNOTATIONS[image_name(d)], image_name(d)
 
 
-CITYSCAPES_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "Cityscapes", "*.yaml")))
+CITYSCAPES_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "Cityscapes", "*.yaml"))
+                            + glob.glob(os.path.join(REPO, "projects", "*", "configs", "cityscapes_*.yaml")))
 
 
 @pytest.mark.parametrize("path", CITYSCAPES_CONFIGS, ids=os.path.basename)

@@ -14,12 +14,16 @@ import pytest
 import torch
 
 from corrloss_d2.losses import correlation_coefficients
-from corrloss_d2.modeling import ClassificationLoss, correlation_hook
+from corrloss_d2.engine.trainer import ddp_without_device_ids_for_cpu_models
+from corrloss_d2.modeling import ClassificationLoss, correlation_loss
 from detectron2.engine import launch
 from detectron2.utils import comm
+import detectron2.engine.defaults as engine_defaults
 from detectron2.utils.events import EventStorage
 
-from ..modeling.tiny import synthetic_batch, tiny_model
+from tests.tiny import synthetic_batch, tiny_model
+
+pytestmark = pytest.mark.slow
 
 WORLD = 2
 STEPS = 2
@@ -42,13 +46,12 @@ def rho_suffixes(arch):
 
 def train_one_case(arch, gather, rank):
     """Trains ``arch`` for STEPS SGD steps under DDP on this process's own images."""
-    from train_net import create_ddp_model_on_any_device  # what train_net.py wraps models with
-
     model = tiny_model(arch, "MODEL.CORR_LOSS.WEIGHT", 0.2,
                        "MODEL.CORR_LOSS.GATHER_ACROSS_PROCESSES", gather, *CASES[arch])
     model.train()
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
-    ddp = create_ddp_model_on_any_device(model, broadcast_buffers=False)  # as DefaultTrainer
+    with ddp_without_device_ids_for_cpu_models():  # as CorrLossTrainer builds it
+        ddp = engine_defaults.create_ddp_model(model, broadcast_buffers=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     seen = {"samples": [], "normalizers": [], "losses": [], "num_gt": []}
     real_coefficients, real_classification = correlation_coefficients, ClassificationLoss.forward
@@ -64,7 +67,7 @@ def train_one_case(arch, gather, rank):
         seen["normalizers"][-1].append(float(normalizer))
         return real_classification(self, logits, labels, ious, normalizer, weights)
 
-    correlation_hook.correlation_coefficients = coefficients_spy
+    correlation_loss.correlation_coefficients = coefficients_spy
     ClassificationLoss.forward = classification_spy
     try:
         with EventStorage() as storage:
@@ -80,7 +83,7 @@ def train_one_case(arch, gather, rank):
                 seen["losses"].append({k: v.item() for k, v in losses.items()})
                 storage.step()
     finally:
-        correlation_hook.correlation_coefficients = real_coefficients
+        correlation_loss.correlation_coefficients = real_coefficients
         ClassificationLoss.forward = real_classification
     seen["logged"] = {name: dict((it, value) for value, it in history.values())
                       for name, history in storage.histories().items()

@@ -17,7 +17,9 @@ import pytest
 import torch
 
 from corrloss_d2.engine import FORWARDED_STOP_SIGNAL, StopOnSignal
-from tests.integration.test_train_net import FAST, REPO, metrics, train_net
+from tests.tiny import FAST, REPO
+
+pytestmark = pytest.mark.slow
 
 MAX_ITER = 12
 CONFIG = os.path.join(REPO, "configs", "CPU", "retinanet_R_18_FPN_raccoon_scratch.yaml")
@@ -26,29 +28,34 @@ COMMON = [*FAST, "DATALOADER.NUM_WORKERS", "2", "SOLVER.MAX_ITER", str(MAX_ITER)
           "TEST.EVAL_PERIOD", "0", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.01",
           "CUDNN_BENCHMARK", "False"]
 
-# train_net.py with one more hook: every iteration's losses to OUTPUT_DIR/losses.jsonl (the
-# metrics.json writer reports medians over 20 iterations).
-LOGGED_TRAIN_NET = textwrap.dedent(f"""
-    import json, os, sys
-    sys.path.insert(0, {REPO!r})
-    import train_net
+# train_net.py's trainer with one more hook: every iteration's losses to OUTPUT_DIR/losses.jsonl
+# (the metrics.json writer reports medians over 20 iterations).
+LOGGED_TRAIN_NET = textwrap.dedent("""
+    import json, os
     import detectron2.utils.comm as comm
-    from detectron2.engine import HookBase
+    from corrloss_d2.engine import CorrLossTrainer, launch_main, main
+    from detectron2.engine import HookBase, default_argument_parser
 
     class LossLog(HookBase):
         def after_step(self):
             if comm.get_rank() != 0:
                 return
-            losses = {{name: buffer.latest() for name, buffer in self.trainer.storage.histories().items()
-                       if name.startswith("loss") or name == "total_loss"}}
+            losses = {name: buffer.latest() for name, buffer in self.trainer.storage.histories().items()
+                      if name.startswith("loss") or name == "total_loss"}
             with open(os.path.join(self.trainer.cfg.OUTPUT_DIR, "losses.jsonl"), "a") as f:
-                f.write(json.dumps({{"iteration": self.trainer.iter, **losses}}) + "\\n")
+                f.write(json.dumps({"iteration": self.trainer.iter, **losses}) + "\\n")
 
-    build_hooks = train_net.Trainer.build_hooks
-    train_net.Trainer.build_hooks = lambda self: build_hooks(self) + [LossLog()]
+    class LoggedTrainer(CorrLossTrainer):
+        def build_hooks(self):
+            return super().build_hooks() + [LossLog()]
+
+    def logged_main(args):
+        return main(args, LoggedTrainer)
+
     if __name__ == "__main__":  # the spawned training processes import this file
-        train_net.invoke_main()
+        launch_main(logged_main, default_argument_parser().parse_args())
 """)
+
 
 
 def logged_train_net(script, *args, cwd):
@@ -91,7 +98,8 @@ def logged_losses(out):
     (("--num-gpus", "2", "--dist-url", "auto"), ("DATALOADER.NUM_WORKERS", "1", "DATASETS.TEST", "()"),
      "SIGTERM/SIGINT (passed on by the launching process)"),
 ], ids=["1 process", "2 processes"])
-def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, flags, opts, signal_name):
+def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, flags, opts, signal_name, train_net,
+                                                       metrics):
     script = str(tmp_path / "train_net_logged.py")
     with open(script, "w") as f:
         f.write(LOGGED_TRAIN_NET)

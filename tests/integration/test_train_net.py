@@ -1,30 +1,13 @@
 """train_net.py itself on real data (raccoon): training lowers the loss, evaluation gives COCO
 box metrics, --eval-only and --resume work."""
-import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FAST = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224", "INPUT.MIN_SIZE_TEST", "160",
-        "INPUT.MAX_SIZE_TEST", "224", "SOLVER.WARMUP_ITERS", "10", "DATALOADER.NUM_WORKERS", "0",
-        "SOLVER.STEPS", "()"]
+from tests.tiny import FAST, REPO
 
-
-def train_net(*args, cwd, expect_failure=False):
-    """Runs train_net.py; returns its output. It must succeed, or fail when ``expect_failure``."""
-    result = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), *args], cwd=cwd,
-                            capture_output=True, text=True, timeout=900)
-    assert (result.returncode != 0) == expect_failure, result.stdout[-3000:] + result.stderr[-5000:]
-    return result.stdout + result.stderr
-
-
-def metrics(output_dir):
-    with open(os.path.join(output_dir, "metrics.json")) as f:
-        return [json.loads(line) for line in f]
+pytestmark = pytest.mark.slow
 
 
 # FCOS's loss normaliser is an EMA of the positive count that starts at 300 (RetinaNet: 100), so
@@ -32,7 +15,8 @@ def metrics(output_dir):
 # in tests/modeling/test_meta_arch.py with the normaliser preset.
 @pytest.mark.parametrize("arch,score_key,check_loss_drop",
                          [("retinanet", "RETINANET", True), ("fcos", "FCOS", False)])
-def test_train_then_evaluate_and_resume(tmp_path, arch, score_key, check_loss_drop):
+def test_train_then_evaluate_and_resume(tmp_path, arch, score_key, check_loss_drop, train_net,
+                                        metrics):
     config = os.path.join(REPO, "configs", "CPU", f"{arch}_R_18_FPN_raccoon_scratch.yaml")
     out = str(tmp_path / "out")
     # A low score threshold so that a briefly trained model still returns detections to score.
@@ -59,7 +43,7 @@ def test_train_then_evaluate_and_resume(tmp_path, arch, score_key, check_loss_dr
     assert max(r["iteration"] for r in metrics(out) if "total_loss" in r) == 63
 
 
-def test_two_process_cpu_training_with_ddp_and_gathered_correlation(tmp_path):
+def test_two_process_cpu_training_with_ddp_and_gathered_correlation(tmp_path, train_net, metrics):
     """detectron2's launcher with 2 processes (GLOO): DDP without find_unused_parameters fails
     if any parameter misses a gradient, and the correlation is computed over both processes'
     positives."""

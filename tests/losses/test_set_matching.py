@@ -9,6 +9,8 @@ import torch
 
 from corrloss_d2.losses import capped_matches_per_target, one_to_k_assignment, set_matching_cost
 
+from tests.references import reference_giou
+
 
 def brute_force_one_to_k(cost: np.ndarray, k: int) -> float:
     """Minimum total cost over every way of giving each ground truth k distinct queries (or, with
@@ -73,16 +75,6 @@ def test_non_finite_cost_is_rejected_with_a_clear_error():
         one_to_k_assignment(cost, 1)
     with pytest.raises(ValueError, match="k must be >= 1"):
         one_to_k_assignment(torch.zeros(4, 2), 0)
-
-
-def reference_giou(a, b):
-    area = lambda r: (r[2] - r[0]) * (r[3] - r[1])  # noqa: E731
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = area(a) + area(b) - inter
-    hull = (max(a[2], b[2]) - min(a[0], b[0])) * (max(a[3], b[3]) - min(a[1], b[1]))
-    return inter / union - (hull - union) / hull
 
 
 def test_matching_cost_equals_its_formula():

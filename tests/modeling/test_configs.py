@@ -1,18 +1,26 @@
+import functools
 import glob
 import os
+import re
 
 import pytest
 import torch
+import yaml
 
 from corrloss_d2 import add_corrloss_config, validate_corrloss_config
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
-from .tiny import REPO, tiny_cfg
+from tests.tiny import REPO, tiny_cfg
 
-YAMLS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
-               + glob.glob(os.path.join(REPO, "projects", "**", "*.yaml"), recursive=True))
+
+def rel(path):
+    return os.path.relpath(path, REPO)
+
+
+def stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def load(path):
@@ -22,12 +30,213 @@ def load(path):
     return cfg
 
 
-def test_there_are_configs_for_every_meta_architecture_and_projects():
-    names = [os.path.relpath(p, REPO) for p in YAMLS]
-    assert any("projects/CorrelationLoss" in n for n in names)
-    assert any("projects/AlignDETR" in n for n in names)
-    assert sum("retinanet" in n for n in names) >= 10 and sum("fcos" in n for n in names) >= 10
-    assert sum("sparse_rcnn" in n.lower() for n in names) >= 10
+def flatten(node, prefix=""):
+    """{"MODEL.CORR_LOSS.WEIGHT": 0.1, ...} of a merged config."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, CfgNode):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@functools.lru_cache(maxsize=None)
+def merged(path):
+    return flatten(load(path))
+
+
+def differing_keys(a, b):
+    a, b = merged(a), merged(b)
+    return {key for key in a.keys() | b.keys() if a.get(key) != b.get(key)}
+
+
+def base_of(path):
+    with open(path) as f:
+        base = yaml.safe_load(f).get("_BASE_")
+    return None if base is None else os.path.normpath(os.path.join(os.path.dirname(path), base))
+
+
+def header_comment(path):
+    """The comment lines the file starts with, joined into one text."""
+    lines = []
+    with open(path) as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            lines.append(line[1:].strip())
+    return " ".join(lines)
+
+
+YAMLS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
+               + glob.glob(os.path.join(REPO, "projects", "**", "*.yaml"), recursive=True))
+# Every yaml but the self-contained Base-*.yaml files: the recipes, baselines and CPU/smoke runs.
+RECIPES = [p for p in YAMLS if not os.path.basename(p).startswith("Base-")]
+# The two papers' recipes, and the baselines they are compared with (configs/ owns the baselines).
+PROJECT_RECIPES = {project: sorted(glob.glob(os.path.join(REPO, "projects", project, "configs", "*.yaml")))
+                   for project in ("CorrelationLoss", "AlignDETR")}
+BASELINES = [p for p in RECIPES if p.endswith("_baseline.yaml")]
+# Where a recipe's file name says what it trains: COCO/Cityscapes recipes, baselines, papers.
+NAMED_RECIPES = [p for p in RECIPES if rel(p).split(os.sep)[:2] in (
+    ["configs", "COCO-Detection"], ["configs", "Cityscapes"], ["projects", "CorrelationLoss"],
+    ["projects", "AlignDETR"])]
+# The keys whose values a paper's recipe may change relative to the baseline it pairs with.
+LOSS_KEYS = {"CorrelationLoss": ("MODEL.CORR_LOSS.",),
+             "AlignDETR": ("MODEL.CLS_LOSS.", "MODEL.SPARSE_RCNN.ONE_TO_MANY_K",
+                           "MODEL.SPARSE_RCNN.PRIME_SAMPLE_TAU")}
+CITYSCAPES = [p for p in RECIPES if stem(p).startswith("cityscapes_")
+              or os.path.dirname(rel(p)) == os.path.join("configs", "Cityscapes")]
+ARCHITECTURES = {"retinanet": "CorrRetinaNet", "fcos": "CorrFCOS", "sparse_rcnn": "CorrSparseRCNN"}
+
+
+def test_every_recipe_has_one_home():
+    misplaced = []
+    for path in YAMLS:
+        name, folder = os.path.basename(path), os.path.dirname(rel(path))
+        if name.startswith("Base-"):
+            home = "configs"
+        elif "corr_" in name:
+            home = os.path.join("projects", "CorrelationLoss", "configs")
+        elif name.startswith("sparse_rcnn") and "ia_bce" in name:
+            home = os.path.join("projects", "AlignDETR", "configs")
+        elif name.endswith("_baseline.yaml"):
+            home = folder if folder in (os.path.join("configs", "COCO-Detection"),
+                                        os.path.join("configs", "Cityscapes")) else "configs/<dataset>"
+        elif folder.startswith("projects"):
+            home = "configs (not a recipe of the project's paper)"
+        else:
+            home = folder
+        if folder != home:
+            misplaced.append(f"{rel(path)} belongs in {home}/")
+    assert not misplaced, "\n".join(misplaced)
+    names = [os.path.basename(p) for p in YAMLS]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    assert not twice, f"one file name, several homes: {twice}"
+    for project, recipes in PROJECT_RECIPES.items():
+        assert recipes, f"projects/{project}/configs has no recipe"
+
+
+@pytest.mark.parametrize("path", [p for p in YAMLS if base_of(p)], ids=rel)
+def test_no_yaml_only_renames_another(path):
+    # A file that changes nothing of another recipe but where it writes (and which checkpoint it
+    # starts from) is that recipe under a second name: move the file instead. A Base-*.yaml has no
+    # weights, so starting it from pretrained ones makes a recipe.
+    base = base_of(path)
+    ignored = {"OUTPUT_DIR"} if os.path.basename(base).startswith("Base-") else {"OUTPUT_DIR", "MODEL.WEIGHTS"}
+    changed = differing_keys(path, base) - ignored
+    assert changed, f"{rel(path)} only renames {rel(base)}"
+
+
+def test_no_two_yamls_merge_to_the_same_config():
+    seen = {}
+    for path in YAMLS:
+        key = repr(sorted((k, v) for k, v in merged(path).items() if k != "OUTPUT_DIR"))
+        assert key not in seen, f"{rel(path)} and {rel(seen[key])} are the same recipe"
+        seen[key] = path
+
+
+def test_every_recipe_writes_to_its_own_output_dir():
+    output_dirs = {}
+    for path in RECIPES:
+        output_dir = os.path.normpath(merged(path)["OUTPUT_DIR"])
+        assert output_dir not in output_dirs, f"{rel(path)} and {rel(output_dirs[output_dir])} " \
+                                              f"both write to {output_dir}"
+        output_dirs[output_dir] = path
+    for project, recipes in PROJECT_RECIPES.items():
+        for path in recipes:
+            assert merged(path)["OUTPUT_DIR"] == f"./output/{project}/{stem(path)}", rel(path)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=rel)
+def test_file_name_states_architecture_depth_proposals_and_schedule(path):
+    cfg = merged(path)
+    name = stem(path).removeprefix("cityscapes_")
+    arch, depth = re.match(r"(.+?)_R_(\d+)_FPN", name).groups()
+    assert ARCHITECTURES[arch] == cfg["MODEL.META_ARCHITECTURE"]
+    assert int(depth) == cfg["MODEL.RESNETS.DEPTH"]
+    proposals = re.search(r"_(\d+)pro_", name)
+    if proposals:
+        assert int(proposals.group(1)) == cfg["MODEL.SPARSE_RCNN.NUM_PROPOSALS"]
+    schedule = re.search(r"_(\d+)x(_|$)", name)
+    if schedule:  # 1x = 90k iterations at batch 16
+        assert cfg["SOLVER.MAX_ITER"] * cfg["SOLVER.IMS_PER_BATCH"] == 90000 * 16 * int(schedule.group(1))
+    cityscapes = all(d.startswith("cityscapes") for d in cfg["DATASETS.TRAIN"] + cfg["DATASETS.TEST"])
+    assert cityscapes == (path in CITYSCAPES), "a Cityscapes recipe is named cityscapes_* or lives in " \
+                                               "configs/Cityscapes"
+
+
+@pytest.mark.parametrize("path", NAMED_RECIPES, ids=rel)
+def test_file_name_states_the_losses(path):
+    cfg, name = merged(path), stem(path)
+    weight, cls_loss = cfg["MODEL.CORR_LOSS.WEIGHT"], cfg["MODEL.CLS_LOSS.TYPE"]
+    corr = re.search(r"_corr_([a-z]+)_(\d+(?:\.\d+)?)(_|$)", name)
+    assert bool(corr) == (weight > 0), f"{name}: CORR_LOSS.WEIGHT = {weight}"
+    if corr:
+        assert corr.group(1) == cfg["MODEL.CORR_LOSS.TYPE"], f"{name}: TYPE = {cfg['MODEL.CORR_LOSS.TYPE']}"
+        assert float(corr.group(2)) == pytest.approx(weight), f"{name}: CORR_LOSS.WEIGHT = {weight}"
+        if cfg["MODEL.CORR_LOSS.TYPE"] == "spearman":  # 1.0: the released soft-rank strength
+            assert ("_true_rank" in name) == (cfg["MODEL.CORR_LOSS.RANK_STRENGTH"] < 1.0)
+    assert (f"_{cls_loss}" in name) == (cls_loss != "focal"), f"{name}: CLS_LOSS.TYPE = {cls_loss}"
+    if cfg["MODEL.META_ARCHITECTURE"] == "CorrSparseRCNN":
+        k, tau = cfg["MODEL.SPARSE_RCNN.ONE_TO_MANY_K"], cfg["MODEL.SPARSE_RCNN.PRIME_SAMPLE_TAU"]
+        mixed = re.search(r"_mixed_k(\d+)(_|$)", name)
+        assert (int(mixed.group(1)) if mixed else 0) == k, f"{name}: ONE_TO_MANY_K = {k}"
+        # prime-sample weights only act with mixed matching (one-to-one: every group has one query)
+        assert ("_prime" in name) == (k > 0 and tau > 0), f"{name}: PRIME_SAMPLE_TAU = {tau}"
+
+
+@pytest.mark.parametrize("path", PROJECT_RECIPES["CorrelationLoss"], ids=rel)
+def test_correlation_loss_recipes_train_with_the_loss_on_top_of_the_detector(path):
+    cfg = merged(path)
+    assert cfg["MODEL.CORR_LOSS.WEIGHT"] > 0 and "_corr_" in stem(path)
+    assert cfg["MODEL.CLS_LOSS.TYPE"] == "focal"
+
+
+@pytest.mark.parametrize("path", PROJECT_RECIPES["AlignDETR"], ids=rel)
+def test_align_detr_recipes_use_ia_bce_on_sparse_rcnn(path):
+    cfg = merged(path)
+    assert cfg["MODEL.META_ARCHITECTURE"] == "CorrSparseRCNN"
+    assert cfg["MODEL.CLS_LOSS.TYPE"] == "ia_bce" and "_ia_bce" in stem(path)
+    assert cfg["MODEL.CORR_LOSS.WEIGHT"] == 0
+
+
+@pytest.mark.parametrize("path", BASELINES, ids=rel)
+def test_baselines_are_the_plain_detector(path):
+    cfg = merged(path)
+    assert cfg["MODEL.CORR_LOSS.WEIGHT"] == 0
+    assert cfg["MODEL.CLS_LOSS.TYPE"] == "focal"
+    if cfg["MODEL.META_ARCHITECTURE"] == "CorrSparseRCNN":
+        assert cfg["MODEL.SPARSE_RCNN.ONE_TO_MANY_K"] == 0
+
+
+@pytest.mark.parametrize("project,path", [(project, p) for project, recipes in PROJECT_RECIPES.items()
+                                          for p in recipes], ids=lambda x: os.path.basename(x))
+def test_paper_recipe_differs_from_its_baseline_only_in_the_loss(project, path):
+    comment = header_comment(path)
+    pairs = re.search(r"Pairs with the baseline (\S+\.yaml)", comment)
+    assert pairs, f"{rel(path)}: say in the header which baseline it pairs with"
+    baseline = os.path.join(REPO, pairs.group(1))
+    assert baseline in BASELINES, f"{rel(path)} pairs with {pairs.group(1)}, not a baseline in configs/"
+    allowed = ("OUTPUT_DIR", "MODEL.WEIGHTS") + LOSS_KEYS[project]
+    extra = sorted(k for k in differing_keys(path, baseline) if not k.startswith(allowed))
+    unstated = [k for k in extra if k not in comment]
+    assert not unstated, f"{rel(path)} differs from {pairs.group(1)} in {unstated} (not the loss; " \
+                         "name them in the header if intended)"
+
+
+@pytest.mark.parametrize("path", CITYSCAPES, ids=rel)
+def test_cityscapes_recipe_starts_from_the_matching_coco_model(path):
+    cfg = merged(path)
+    weights = cfg["MODEL.WEIGHTS"]
+    assert weights.startswith("./output/") and os.path.basename(weights) == "model_final.pth"
+    same = ["MODEL.META_ARCHITECTURE", "MODEL.RESNETS.DEPTH", "MODEL.CLS_LOSS.TYPE", "MODEL.CORR_LOSS.WEIGHT"]
+    if cfg["MODEL.CORR_LOSS.WEIGHT"] > 0:
+        same += [k for k in cfg if k.startswith("MODEL.CORR_LOSS.")]
+    sources = [p for p in RECIPES if merged(p)["DATASETS.TRAIN"] == ("coco_2017_train",)
+               and os.path.normpath(merged(p)["OUTPUT_DIR"]) == os.path.normpath(os.path.dirname(weights))]
+    assert len(sources) == 1, f"{rel(path)}: no COCO recipe writes {weights}"
+    mismatched = [k for k in same if merged(sources[0])[k] != cfg[k]]
+    assert not mismatched, f"{rel(path)} starts from {rel(sources[0])}, which differs in {mismatched}"
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: os.path.relpath(p, REPO))
@@ -41,7 +250,7 @@ def test_every_yaml_merges_and_builds_on_cpu(path):
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
     assert type(model).__name__ == cfg.MODEL.META_ARCHITECTURE
-    assert model.correlation_hook.weight == cfg.MODEL.CORR_LOSS.WEIGHT
+    assert model.correlation_loss.weight == cfg.MODEL.CORR_LOSS.WEIGHT
 
 
 @pytest.mark.parametrize("key,value,message", [

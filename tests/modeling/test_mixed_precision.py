@@ -6,10 +6,11 @@ import itertools
 import pytest
 import torch
 
-from corrloss_d2.modeling import correlation_hook, dense
+from corrloss_d2.modeling import classification_loss as classification_loss_module
+from corrloss_d2.modeling import correlation_loss as correlation_loss_module
 from detectron2.utils.events import EventStorage
 
-from .tiny import synthetic_batch, tiny_model
+from tests.tiny import synthetic_batch, tiny_model
 
 ARCHS = ["CorrRetinaNet", "CorrFCOS", "CorrSparseRCNN"]
 
@@ -31,13 +32,13 @@ def test_bfloat16_autocast_training_step_keeps_losses_in_float32(arch, cls_loss,
         return wrapper
 
     if cls_loss == "focal":
-        monkeypatch.setattr(dense, "sigmoid_focal_loss", spy(dense.sigmoid_focal_loss,
-                                                                 "classification"))
+        monkeypatch.setattr(classification_loss_module, "sigmoid_focal_loss",
+                            spy(classification_loss_module.sigmoid_focal_loss, "classification"))
     else:
         monkeypatch.setitem(classification_loss.iou_aware_fns, cls_loss,
                             spy(classification_loss.iou_aware_fns[cls_loss], "classification"))
-    monkeypatch.setattr(correlation_hook, "correlation_coefficients",
-                        spy(correlation_hook.correlation_coefficients, "correlation"))
+    monkeypatch.setattr(correlation_loss_module, "correlation_coefficients",
+                        spy(correlation_loss_module.correlation_coefficients, "correlation"))
     record_outputs = torch.nn.modules.module.register_module_forward_hook(
         lambda module, inputs, output: received["module outputs"].add(getattr(output, "dtype", None)))
     try:

@@ -9,14 +9,15 @@ import pytest
 import torch
 import torchvision
 
-from corrloss_d2.modeling import ClassificationLoss, CorrelationLossHook
-from corrloss_d2.modeling import sparse_rcnn
-from corrloss_d2.modeling.sparse_rcnn import SparseRCNNCriterion, StageOutput
+from corrloss_d2.modeling import ClassificationLoss, CorrelationLoss
+from corrloss_d2.modeling import sparse_rcnn_criterion
+from corrloss_d2.modeling.sparse_rcnn_criterion import SparseRCNNCriterion
+from corrloss_d2.modeling.sparse_rcnn_head import StageOutput
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from ..losses.test_set_matching import reference_giou
-from .tiny import synthetic_batch, tiny_model
+from tests.references import reference_giou
+from tests.tiny import synthetic_batch, tiny_model
 
 ALPHA, GAMMA = 0.25, 2.0
 WEIGHTS = {"cls": 2.0, "bbox": 5.0, "giou": 2.0}
@@ -77,7 +78,7 @@ def reference_stage_losses(output, gt, whwh):
 def make_criterion(weight=0.0, kind="pearson", cls="focal", k=0, tau=0.0):
     return SparseRCNNCriterion(
         num_classes=2, classification_loss=ClassificationLoss(kind=cls),
-        correlation_hook=CorrelationLossHook(weight=weight, kind=kind), one_to_many_k=k,
+        correlation_loss=CorrelationLoss(weight=weight, kind=kind), one_to_many_k=k,
         prime_sample_tau=tau)
 
 
@@ -159,23 +160,13 @@ def test_one_to_many_k_is_capped_by_the_number_of_ground_truths():
 
 def spy_on_matching(monkeypatch):
     calls = []
-    real = sparse_rcnn.one_to_k_assignment
+    real = sparse_rcnn_criterion.one_to_k_assignment
 
     def spy(cost, k):
         calls.append(k)
         return real(cost, k)
-    monkeypatch.setattr(sparse_rcnn, "one_to_k_assignment", spy)
+    monkeypatch.setattr(sparse_rcnn_criterion, "one_to_k_assignment", spy)
     return calls
-
-
-def losses_and_grads(model, batch):
-    model.train()
-    model.zero_grad()
-    with EventStorage() as storage:
-        losses = model(batch)
-        sum(losses.values()).backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return losses, grads, storage
 
 
 def forbid_nms(monkeypatch):
@@ -188,7 +179,7 @@ def forbid_nms(monkeypatch):
 
 @pytest.mark.parametrize("cls_loss,k,group_by", [
     ("focal", 0, "batch"), ("ia_bce", 2, "batch"), ("qfl", 0, "image"), ("vfl", 2, "image")])
-def test_end_to_end_training_step_and_nms_free_inference(monkeypatch, cls_loss, k, group_by):
+def test_end_to_end_training_step_and_nms_free_inference(monkeypatch, cls_loss, k, group_by, losses_and_grads):
     model = tiny_model("CorrSparseRCNN", "MODEL.CORR_LOSS.WEIGHT", 0.2, "MODEL.CORR_LOSS.TYPE",
                        "spearman", "MODEL.CORR_LOSS.RANK_STRENGTH", 0.01, "MODEL.CORR_LOSS.GROUP_BY",
                        group_by, "MODEL.CLS_LOSS.TYPE", cls_loss, "MODEL.SPARSE_RCNN.ONE_TO_MANY_K", k)
@@ -216,7 +207,7 @@ def test_end_to_end_training_step_and_nms_free_inference(monkeypatch, cls_loss, 
         assert boxes[:, 0::2].max() <= 56 and boxes[:, 1::2].max() <= 48 and boxes.min() >= 0
 
 
-def test_correlation_term_reaches_only_the_classification_branch():
+def test_correlation_term_reaches_only_the_classification_branch(losses_and_grads):
     batch = synthetic_batch(2)
     _, base, _ = losses_and_grads(tiny_model("CorrSparseRCNN", "MODEL.CORR_LOSS.WEIGHT", 0.0), batch)
     losses, with_corr, _ = losses_and_grads(

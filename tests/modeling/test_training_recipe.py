@@ -10,7 +10,7 @@ from detectron2.data import transforms as T
 from detectron2.solver import build_optimizer as detectron2_build_optimizer
 from detectron2.utils.events import EventStorage
 
-from .tiny import tiny_cfg, tiny_model
+from tests.tiny import tiny_cfg, tiny_model
 
 
 def group_settings(optimizer, model):

@@ -1,4 +1,6 @@
-"""Tiny CPU models and synthetic batches for the modeling tests."""
+"""Tiny CPU models, synthetic batches and tiny train_net.py runs: the builders the tests share
+(through the fixtures of ``tests/conftest.py``, and imported directly where a fixture cannot
+reach: module-level parameters and the functions spawned processes run)."""
 import os
 
 import torch
@@ -9,7 +11,11 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# train_net.py overrides for runs of a few iterations on small images.
+FAST = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224", "INPUT.MIN_SIZE_TEST", "160",
+        "INPUT.MAX_SIZE_TEST", "224", "SOLVER.WARMUP_ITERS", "10", "DATALOADER.NUM_WORKERS", "0",
+        "SOLVER.STEPS", "()"]
 BASES = {"CorrRetinaNet": "Base-CorrRetinaNet.yaml", "CorrFCOS": "Base-CorrFCOS.yaml",
          "CorrSparseRCNN": "Base-CorrSparseRCNN.yaml"}
 NUM_CLASSES = 3

@@ -1,10 +1,8 @@
-"""Pieces shared by the correlation-aware dense detectors (CorrRetinaNet, CorrFCOS)."""
+"""The base of the correlation-aware dense detectors (CorrRetinaNet, CorrFCOS): their losses
+over detectron2's assignment, and their pre-NMS candidates for the correlation evaluation."""
 from typing import Dict, List, NamedTuple
 
 import torch
-from fvcore.nn import sigmoid_focal_loss
-from torch import nn
-from torch.nn import functional as F
 
 from detectron2.config import configurable
 from detectron2.layers import cat
@@ -13,72 +11,12 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
-from ..config import validate_corrloss_config
-from ..evaluation import candidates as candidate_recording
-from ..losses import ia_bce_loss, mean_over_processes, quality_focal_loss, varifocal_loss
-from .correlation_hook import CorrelationLossHook, matched_box_iou
+from ...losses import mean_over_processes
+from .. import candidates as candidate_recording
+from ..classification_loss import ClassificationLoss
+from ..correlation_loss import CorrelationLoss, matched_box_iou
 
-__all__ = ["ClassificationLoss", "DensePositives", "DenseLosses", "CorrelationAwareDenseMixin"]
-
-
-class ClassificationLoss(nn.Module):
-    """Sigmoid classification loss of a detector: focal, IA-BCE, QFL or VFL.
-
-    Called as ``loss(logits (M, K), labels (M,), ious (M,) or None, normalizer, weights=None)``
-    with labels ``0..K-1`` foreground and ``K`` background (no ignored rows), ``ious`` read at
-    foreground rows (needed when :attr:`uses_ious`), and ``weights`` (M,) Align-DETR prime-sample
-    weights of the IA-BCE target (only for "ia_bce").
-    """
-
-    @configurable
-    def __init__(self, *, kind: str = "focal", focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                 ia_bce_alpha: float = 0.25, ia_bce_gamma: float = 2.0, qfl_beta: float = 2.0,
-                 vfl_alpha: float = 0.75, vfl_gamma: float = 2.0):
-        super().__init__()
-        self.kind = kind
-        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
-        self.options = {
-            "ia_bce": {"alpha": ia_bce_alpha, "gamma": ia_bce_gamma},
-            "qfl": {"beta": qfl_beta},
-            "vfl": {"alpha": vfl_alpha, "gamma": vfl_gamma},
-        }
-        self.iou_aware_fns = {"ia_bce": ia_bce_loss, "qfl": quality_focal_loss, "vfl": varifocal_loss}
-        if kind != "focal" and kind not in self.iou_aware_fns:
-            raise ValueError(f"classification loss must be one of focal, ia_bce, qfl, vfl; got {kind!r}")
-
-    @classmethod
-    def from_config(cls, cfg, *, focal_alpha: float, focal_gamma: float):
-        validate_corrloss_config(cfg)
-        c = cfg.MODEL.CLS_LOSS
-        return {"kind": c.TYPE, "focal_alpha": focal_alpha, "focal_gamma": focal_gamma,
-                "ia_bce_alpha": c.IA_BCE_ALPHA, "ia_bce_gamma": c.IA_BCE_GAMMA, "qfl_beta": c.QFL_BETA,
-                "vfl_alpha": c.VFL_ALPHA, "vfl_gamma": c.VFL_GAMMA}
-
-    def extra_repr(self) -> str:
-        return f"kind={self.kind}"
-
-    @property
-    def uses_ious(self) -> bool:
-        """False for focal loss, which ignores ``ious`` (callers may pass None)."""
-        return self.kind != "focal"
-
-    def forward(self, logits, labels, ious, normalizer, weights=None) -> torch.Tensor:
-        if weights is not None and self.kind != "ia_bce":
-            raise ValueError(f"prime-sample weights scale the IA-BCE target; the {self.kind!r} "
-                             "classification loss takes none")
-        # In float32 (or wider) whatever the head's precision (mixed-precision training).
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        if self.kind == "focal":  # detectron2's RetinaNet / FCOS classification loss
-            target = F.one_hot(labels, num_classes=logits.shape[-1] + 1)[:, :-1].to(logits.dtype)
-            # fvcore's eager function, not its TorchScript copy (sigmoid_focal_loss_jit) that
-            # detectron2 calls: TorchScript's profiling executor differentiates a scripted
-            # function with other formulas from its second call on, so the first training step
-            # of a process (a resumed run's) would round its gradients differently.
-            return sigmoid_focal_loss(logits, target, alpha=self.focal_alpha,
-                                          gamma=self.focal_gamma, reduction="sum") / normalizer
-        options = self.options[self.kind] if weights is None else {**self.options[self.kind],
-                                                                   "weights": weights}
-        return self.iou_aware_fns[self.kind](logits, labels, ious, normalizer=normalizer, **options)
+__all__ = ["DensePositives", "DenseLosses", "CorrelationAwareDenseMixin"]
 
 
 class DensePositives(NamedTuple):
@@ -109,26 +47,38 @@ class DenseLosses(NamedTuple):
 
 class CorrelationAwareDenseMixin:
     """Loss computation of a detectron2 DenseDetector with a configurable classification loss and
-    a :class:`CorrelationLossHook`; put it before the detector class in the bases. The detector
-    provides ``num_classes``, ``box2box_transform``, ``_ema_update`` and a ``from_config``.
+    a :class:`~corrloss_d2.modeling.CorrelationLoss`; put it before the detector class in the
+    bases. The detector provides ``num_classes``, ``box2box_transform`` and a ``from_config``,
+    and sets :attr:`LOSS_NORMALIZER_INITIAL`.
 
-    In evaluation, while a correlation evaluation records (:mod:`corrloss_d2.evaluation.candidates`),
+    The losses are divided by an EMA of the positive count (as detectron2's RetinaNet/FCOS do),
+    kept in the buffer ``loss_normalizer`` so that the model's state dict, and so every
+    checkpoint, carries it.
+
+    In evaluation, while a correlation evaluation records (:mod:`corrloss_d2.modeling.candidates`),
     each output also gets ``"candidates"``: the image's detections before NMS.
     """
 
+    #: The loss normaliser's value before the first update (RetinaNet 100, FCOS 300).
+    LOSS_NORMALIZER_INITIAL: float
+    #: EMA momentum of the loss normaliser (detectron2's).
+    LOSS_NORMALIZER_MOMENTUM = 0.9
+
     @configurable
     def __init__(self, *, classification_loss: ClassificationLoss,
-                 correlation_hook: CorrelationLossHook, **kwargs):
+                 correlation_loss: CorrelationLoss, **kwargs):
         """
         Args:
             classification_loss: replaces the detector's focal loss
                 (``ClassificationLoss(kind="focal")`` reproduces it).
-            correlation_hook: the correlation term over the positive anchors.
+            correlation_loss: the correlation term over the positive anchors.
             kwargs: the detector's own constructor arguments.
         """
         super().__init__(**kwargs)
+        self.register_buffer("loss_normalizer", torch.tensor(float(self.LOSS_NORMALIZER_INITIAL),
+                                                             dtype=torch.float64))
         self.classification_loss = classification_loss
-        self.correlation_hook = correlation_hook
+        self.correlation_loss = correlation_loss
         self._recorded_candidates = None  # a list only inside a recording forward
 
     def forward(self, batched_inputs):
@@ -157,6 +107,14 @@ class CorrelationAwareDenseMixin:
             self._recorded_candidates.append(candidates)
         return candidates
 
+    def update_loss_normalizer(self, num_positives: float) -> float:
+        """Moves the EMA towards ``num_positives`` and returns its new value (a Python float,
+        computed in double precision like detectron2's ``_ema_update``)."""
+        momentum = self.LOSS_NORMALIZER_MOMENTUM
+        value = self.loss_normalizer.item() * momentum + num_positives * (1 - momentum)
+        self.loss_normalizer.fill_(value)
+        return value
+
     def positive_samples(self, anchors: List[Boxes], logits: torch.Tensor, gt_labels: torch.Tensor,
                          pred_anchor_deltas: List[torch.Tensor], gt_boxes: List[torch.Tensor],
                          pos_mask: torch.Tensor) -> DensePositives:
@@ -184,10 +142,10 @@ class CorrelationAwareDenseMixin:
 
     def dense_losses(self, anchors: List[Boxes], pred_logits: List[torch.Tensor],
                      gt_labels: List[torch.Tensor], pred_anchor_deltas: List[torch.Tensor],
-                     gt_boxes: List[torch.Tensor], *, ema_initial: float, box_reg_loss_type: str,
+                     gt_boxes: List[torch.Tensor], *, box_reg_loss_type: str,
                      smooth_l1_beta: float = 0.0) -> DenseLosses:
         """Classification, box regression and correlation terms, normalised like detectron2's
-        RetinaNet/FCOS (EMA of the positive count, starting at ``ema_initial``), the count averaged
+        RetinaNet/FCOS (EMA of the positive count, see the class), the count averaged
         over processes."""
         num_images = len(gt_labels)
         gt_labels = torch.stack(gt_labels)  # (N, R)
@@ -197,9 +155,8 @@ class CorrelationAwareDenseMixin:
         get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors / num_images)
         # Every process divides by the same number and keeps the same EMA (mmdetection averages
         # the count too; detectron2's RetinaNet/FCOS use each process's own).
-        normalizer = self._ema_update(
-            "loss_normalizer", max(mean_over_processes(num_pos_anchors, pos_mask.device), 1),
-            ema_initial)
+        normalizer = self.update_loss_normalizer(
+            max(mean_over_processes(num_pos_anchors, pos_mask.device), 1))
 
         logits = cat(pred_logits, dim=1)
         positives = self.positive_samples(anchors, logits, gt_labels, pred_anchor_deltas, gt_boxes,
@@ -216,7 +173,7 @@ class CorrelationAwareDenseMixin:
         loss_box = _dense_box_regression_loss(
             anchors, self.box2box_transform, [d.float() for d in pred_anchor_deltas], gt_boxes,
             pos_mask, box_reg_loss_type=box_reg_loss_type, smooth_l1_beta=smooth_l1_beta) / normalizer
-        corr = self.correlation_hook(positives.gt_class_logits, positives.pred_boxes,
+        corr = self.correlation_loss(positives.gt_class_logits, positives.pred_boxes,
                                      positives.gt_boxes, level_index=positives.level_index,
                                      image_index=positives.image_index, ious=positives.ious)
         return DenseLosses(loss_cls, loss_box, corr, pos_mask, normalizer)

@@ -1,4 +1,5 @@
-"""The correlation-aware loss terms a detector adds for its positives, and their logging."""
+"""Correlation Loss as a module of a detector: the term ``λ·(1 − ρ)`` over the positives its
+assigner selected, with ρ logged to the event storage."""
 from typing import Dict, Optional
 
 import torch
@@ -8,10 +9,10 @@ from detectron2.config import configurable
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..config import GROUPINGS, validate_corrloss_config
+from ..config import GROUPINGS
 from ..losses import correlation_coefficients
 
-__all__ = ["CorrelationLossHook", "matched_box_iou"]
+__all__ = ["CorrelationLoss", "matched_box_iou"]
 
 IOU_FLOOR = 1e-6  # the paper clamps IoUs here so that a missed box is still a valid sample
 
@@ -38,13 +39,14 @@ def matched_box_iou(pred_boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.T
     return iou.clamp(min=IOU_FLOOR, max=1.0)
 
 
-class CorrelationLossHook(nn.Module):
-    """Correlation Loss ``λ·(1 − ρ(s, u))`` over a detector's positives, with logging.
+class CorrelationLoss(nn.Module):
+    """Correlation Loss ``λ·(1 − ρ(s, u))`` over a detector's positives, with logging; a loss
+    module built from MODEL.CORR_LOSS (the math is :func:`corrloss_d2.losses.correlation_loss`).
 
     Any detector can call it with the positives its assigner selected::
 
-        hook = CorrelationLossHook(cfg)              # or CorrelationLossHook(weight=0.1, ...)
-        losses.update(hook(gt_class_logits, pred_boxes, gt_boxes, image_index=img_ids))
+        correlation_loss = CorrelationLoss(cfg)   # or CorrelationLoss(weight=0.1, ...)
+        losses.update(correlation_loss(gt_class_logits, pred_boxes, gt_boxes, image_index=img_ids))
 
     In training it records in the event storage (TensorBoard, metrics.json): ``corr/rho`` (mean ρ
     over the valid groups, measured even when ``weight`` is 0), ``corr/num_pos`` and
@@ -83,7 +85,6 @@ class CorrelationLossHook(nn.Module):
     @classmethod
     def from_config(cls, cfg, *, default_group_by: str = "batch", loss_name: str = "loss_corr",
                     metric_prefix: str = "corr/"):
-        validate_corrloss_config(cfg)
         corr = cfg.MODEL.CORR_LOSS
         return {
             "weight": corr.WEIGHT,
@@ -105,7 +106,7 @@ class CorrelationLossHook(nn.Module):
             return None
         ids = level_index if self.group_by == "level" else image_index
         if ids is None:
-            raise ValueError(f"CorrelationLossHook(group_by={self.group_by!r}) needs "
+            raise ValueError(f"CorrelationLoss(group_by={self.group_by!r}) needs "
                              f"{self.group_by}_index from its caller")
         if self.group_by == "image" and self.gather_across_processes:
             ids = ids + (comm.get_rank() << 32)  # image ids are per process; keep them apart
@@ -124,7 +125,7 @@ class CorrelationLossHook(nn.Module):
                 named by ``group_by`` is required.
             ious: (P,) precomputed ``matched_box_iou(pred_boxes, gt_boxes)`` to reuse, or None.
             name_suffix: appended to the loss key and the metric names, for a detector that
-                calls the hook once per stage (e.g. "_stage0": ``loss_corr_stage0``,
+                calls it once per stage (e.g. "_stage0": ``loss_corr_stage0``,
                 ``corr/rho_stage0``).
         Returns:
             ``{loss_name + name_suffix: λ·(1 − mean ρ)}``, or an empty dict when ``weight`` is 0.

@@ -3,7 +3,7 @@ import torch
 from scipy.stats import pearsonr
 from torchvision.ops import box_iou
 
-from corrloss_d2.modeling import CorrelationLossHook, matched_box_iou
+from corrloss_d2.modeling import CorrelationLoss, matched_box_iou
 from detectron2.utils.events import EventStorage
 
 
@@ -28,7 +28,7 @@ def test_matched_box_iou_against_torchvision_and_degenerate_boxes():
 
 def test_hook_value_gradient_and_logging():
     logits, pred, gt = positives()
-    hook = CorrelationLossHook(weight=0.3, kind="pearson", group_by="batch")
+    hook = CorrelationLoss(weight=0.3, kind="pearson", group_by="batch")
     with EventStorage() as storage:
         out = hook(logits, pred, gt)
     ious = matched_box_iou(pred, gt)
@@ -43,18 +43,18 @@ def test_hook_value_gradient_and_logging():
 def test_hook_groups_and_zero_weight():
     logits, pred, gt = positives()
     level = torch.arange(40) % 3
-    hook = CorrelationLossHook(weight=0.0, kind="concordance", group_by="level", loss_name="loss_corr_s0",
+    hook = CorrelationLoss(weight=0.0, kind="concordance", group_by="level", loss_name="loss_corr_s0",
                                metric_prefix="corr_s0/")
     with EventStorage() as storage:
         assert hook(logits, pred, gt, level_index=level) == {}  # no term, still measured
     assert storage.history("corr_s0/valid_groups").latest() == 3
     with pytest.raises(ValueError, match="needs image_index"):
         with EventStorage():
-            CorrelationLossHook(weight=0.1, group_by="image")(logits, pred, gt)
+            CorrelationLoss(weight=0.1, group_by="image")(logits, pred, gt)
 
 
 def test_hook_without_positives_returns_connected_zero():
-    hook = CorrelationLossHook(weight=0.5, kind="spearman")
+    hook = CorrelationLoss(weight=0.5, kind="spearman")
     logits = torch.zeros(0, requires_grad=True)
     with EventStorage() as storage:
         out = hook(logits, torch.zeros(0, 4), torch.zeros(0, 4))

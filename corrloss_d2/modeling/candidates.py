@@ -1,4 +1,6 @@
-"""Pre-NMS candidates for :class:`~corrloss_d2.evaluation.CorrelationEvaluator`.
+"""Pre-NMS candidates: the models' side of their contract with
+:class:`~corrloss_d2.evaluation.CorrelationEvaluator` (it lives with the models, which need it
+without importing the evaluation).
 
 The image-level correlation (SPEC §1.1) is measured on a detector's detections *before* NMS,
 which a detectron2 evaluator never sees: ``process(inputs, outputs)`` gets the final outputs only.

@@ -1,0 +1,60 @@
+"""Launching ``train_net.py``'s processes: detectron2's ``launch`` with stop signals passed on to
+the training processes and input errors reported in one line, whichever process met them."""
+import contextlib
+import logging
+import re
+import sys
+from typing import Callable, Optional
+
+from detectron2.engine import launch
+from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
+
+from .. import errors
+from ..config import load_corrloss_config
+from ..errors import InputError
+from .signals import forward_stop_signals, signal_name
+
+__all__ = ["launch_main", "input_error_message"]
+
+# How an InputError is named in a traceback: 'corrloss_d2.errors.DatasetError: <message>'.
+_NAMED_INPUT_ERROR = re.compile(rf"{re.escape(errors.__name__)}\.(\w+): ")
+
+
+def input_error_message(error: Exception) -> Optional[str]:
+    """The message of an InputError, or of the last InputError named in the text of an error
+    that carries one with its traceback (a DataLoader worker's, another process's); None when
+    there is none."""
+    text = str(error)
+    named = [match for match in _NAMED_INPUT_ERROR.finditer(text)
+             if issubclass(getattr(errors, match.group(1), type(None)), InputError)]
+    if named:
+        return text[named[-1].end():].strip()
+    return text if isinstance(error, InputError) else None
+
+
+def launch_main(main_func: Callable, args) -> None:
+    """Runs ``main_func(args)`` in ``args.num_gpus`` processes per machine (detectron2's
+    ``launch``; ``args`` from ``default_argument_parser``). The config is checked first, before
+    any process starts. A wrong input (config file, config value, dataset, image) ends the
+    program with its message alone on stderr (``train_net.py: error: ...``, exit status 1),
+    without a traceback, whichever process met it. With several processes, a SIGTERM/SIGINT
+    sent to this one is passed on to them (see :func:`forward_stop_signals`)."""
+    logging.getLogger("corrloss_d2").info("Command line arguments: %s", args)
+    try:
+        load_corrloss_config(args.config_file, args.opts)
+        # With more than one process this one only waits for the training processes.
+        spawns = args.num_gpus * args.num_machines > 1
+        with forward_stop_signals() if spawns else contextlib.nullcontext([]) as stop_signals:
+            launch(main_func, args.num_gpus, num_machines=args.num_machines,
+                   machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+    except (InputError, ProcessRaisedException) as error:
+        message = input_error_message(error)
+        if message is None:
+            raise
+        sys.exit(f"train_net.py: error: {message}")
+    except ProcessExitedException as error:
+        if not stop_signals:
+            raise
+        # The training processes stopped on the signal and said how to resume (exit status 1).
+        sys.exit(1 if error.exit_code == 1 else f"train_net.py: stopped by "
+                 f"{signal_name(stop_signals[0])} before training started")

@@ -1,0 +1,176 @@
+"""Sparse R-CNN's training losses (Sun et al., CVPR 2021) with Correlation Loss on every stage
+(Kahraman et al., AAAI 2023) and Align-DETR's IA-BCE, mixed matching and prime-sample weights
+(Cai et al., 2023).
+
+Conventions: B images, N learnable proposals, K classes, S RoIAlign resolution, d hidden width.
+Boxes are XYXY in the pixels of the (resized) input image unless a name says otherwise.
+"""
+from typing import Dict, List, NamedTuple, Tuple
+
+import torch
+from fvcore.nn import giou_loss
+from torch import nn
+
+from detectron2.structures import Instances
+from detectron2.utils.events import get_event_storage
+
+from ..losses import (alignment_quality, capped_matches_per_target, mean_over_processes,
+                      one_to_k_assignment, prime_sample_weights, set_matching_cost)
+from .classification_loss import ClassificationLoss
+from .correlation_loss import CorrelationLoss, matched_box_iou
+from .sparse_rcnn_head import StageOutput
+
+__all__ = ["BatchTargets", "SparseRCNNCriterion"]
+
+
+class BatchTargets(NamedTuple):
+    """The batch's ground truths concatenated over images: classes (G,) int64, boxes (G, 4)
+    float32, and offsets (B,) the index of each image's first ground truth."""
+
+    classes: torch.Tensor
+    boxes: torch.Tensor
+    offsets: torch.Tensor
+
+    @classmethod
+    def cat(cls, targets: List[Instances]) -> "BatchTargets":
+        classes = torch.cat([t.gt_classes for t in targets])
+        counts = torch.tensor([len(t) for t in targets], device=classes.device)
+        return cls(classes, torch.cat([t.gt_boxes.tensor for t in targets]).float(),
+                   torch.cumsum(counts, 0) - counts)
+
+
+class SparseRCNNCriterion(nn.Module):
+    """Per-stage Hungarian matching and losses of Sparse R-CNN with deep supervision:
+    ``class_weight·cls + l1_weight·L1 + giou_weight·GIoU`` on every stage, each normalised by the
+    number of ground-truth boxes averaged over processes (at least 1), plus the Correlation Loss
+    of each stage's matched queries.
+
+    Mixed matching (``one_to_many_k`` > 0): every stage but the last matches each ground truth to
+    k queries (capped at ⌊0.5·N / #gt⌋, at least 1); the last stage stays one-to-one. Prime-sample
+    weights (``prime_sample_tau`` > 0): within each ground truth's group, ``exp(−rank/τ)`` by the
+    detached quality ``s^α·IoU^(1−α)`` (α of IA-BCE) scales the L1/GIoU terms and, with IA-BCE,
+    the classification target.
+    """
+
+    def __init__(self, *, num_classes: int, classification_loss: ClassificationLoss,
+                 correlation_loss: CorrelationLoss, class_weight: float = 2.0,
+                 l1_weight: float = 5.0, giou_weight: float = 2.0, focal_alpha: float = 0.25,
+                 focal_gamma: float = 2.0, one_to_many_k: int = 0, prime_sample_tau: float = 0.0,
+                 quality_alpha: float = 0.25):
+        super().__init__()
+        self.num_classes = num_classes
+        self.classification_loss = classification_loss
+        self.correlation_loss = correlation_loss
+        self.loss_weights = {"cls": class_weight, "bbox": l1_weight, "giou": giou_weight}
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.one_to_many_k = one_to_many_k
+        self.prime_sample_tau = prime_sample_tau
+        self.quality_alpha = quality_alpha
+
+    def matches_per_target(self, stage: int, num_stages: int) -> int:
+        """k of the stage before capping: 1 on the last stage or without mixed matching."""
+        return 1 if stage == num_stages - 1 or self.one_to_many_k == 0 else self.one_to_many_k
+
+    @torch.no_grad()
+    def match(self, output: StageOutput, targets: List[Instances], image_whwh: torch.Tensor,
+              k: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Per image, ``(query_index, gt_index)`` (M_b,) int64 pairs of a one-to-k assignment."""
+        matches = []
+        for logits, boxes, target, whwh in zip(output.logits, output.boxes, targets, image_whwh):
+            cost = set_matching_cost(
+                logits, boxes, target.gt_classes, target.gt_boxes.tensor, whwh,
+                class_weight=self.loss_weights["cls"], l1_weight=self.loss_weights["bbox"],
+                giou_weight=self.loss_weights["giou"], focal_alpha=self.focal_alpha,
+                focal_gamma=self.focal_gamma)
+            capped = capped_matches_per_target(k, logits.shape[0], len(target))
+            matches.append(one_to_k_assignment(cost, capped))
+        return matches
+
+    def forward(self, outputs: List[StageOutput], targets: List[Instances],
+                image_whwh: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            outputs: per stage, logits (B, N, K) and boxes (B, N, 4).
+            targets: per image, Instances with gt_boxes and gt_classes (0..K-1).
+            image_whwh: (B, 4) width, height, width, height of each input image.
+        Returns:
+            ``loss_{cls,bbox,giou}_stage{i}`` and, when its weight is > 0, ``loss_corr_stage{i}``.
+        """
+        normalizer = self.num_boxes_normalizer(targets, image_whwh.device)
+        batch_targets = BatchTargets.cat(targets)
+        losses = {}
+        for stage, output in enumerate(outputs):
+            self.check_diverged(output, stage)
+            k = self.matches_per_target(stage, len(outputs))
+            matches = self.match(output, targets, image_whwh, k)
+            losses.update(self.stage_losses(output, batch_targets, image_whwh, matches, normalizer,
+                                            suffix=f"_stage{stage}"))
+        return losses
+
+    @staticmethod
+    def check_diverged(output: StageOutput, stage: int) -> None:
+        """FloatingPointError naming the iteration when a stage predicts NaN/inf logits or boxes,
+        or inverted boxes (x2 < x1: learnable proposals of negative size), the signs of a
+        diverged run; matching or GIoU would otherwise fail deep inside."""
+        problem = None
+        if not (torch.isfinite(output.logits).all() and torch.isfinite(output.boxes).all()):
+            problem = "NaN or infinite logits or boxes"
+        elif (output.boxes[..., 2:] < output.boxes[..., :2]).any():
+            problem = "inverted boxes (x2 < x1 or y2 < y1)"
+        if problem:
+            raise FloatingPointError(
+                f"CorrSparseRCNN stage {stage} predicted {problem} at iteration "
+                f"{get_event_storage().iter}: training diverged. Lower SOLVER.BASE_LR (Sparse "
+                "R-CNN: 2.5e-5 at batch 16, scaled with the batch) or keep SOLVER.CLIP_GRADIENTS "
+                "enabled.")
+
+    @staticmethod
+    def num_boxes_normalizer(targets: List[Instances], device) -> float:
+        """Ground-truth boxes of the batch, averaged over processes, at least 1."""
+        return max(mean_over_processes(sum(len(t) for t in targets), device), 1.0)
+
+    def stage_losses(self, output: StageOutput, targets: BatchTargets, image_whwh: torch.Tensor,
+                     matches: List[Tuple[torch.Tensor, torch.Tensor]], normalizer: float, *,
+                     suffix: str) -> Dict[str, torch.Tensor]:
+        """Losses of one stage given its matches (see :meth:`match`)."""
+        num_images, num_proposals, num_classes = output.logits.shape
+        image_index = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)])
+        query_index = torch.cat([q for q, _ in matches])
+        gt_index = torch.cat([g + offset for (_, g), offset in zip(matches, targets.offsets)])
+        gt_classes, gt_boxes = targets.classes[gt_index], targets.boxes[gt_index]
+
+        logits = output.logits.float()
+        matched_logits = logits[image_index, query_index, gt_classes]
+        matched_boxes = output.boxes[image_index, query_index].float()
+        ious = matched_box_iou(matched_boxes.detach(), gt_boxes)
+        weights = None
+        if self.prime_sample_tau > 0:
+            quality = alignment_quality(torch.sigmoid(matched_logits.detach()), ious,
+                                        self.quality_alpha)
+            weights = prime_sample_weights(quality, gt_index, tau=self.prime_sample_tau)
+
+        flat_index = image_index * num_proposals + query_index
+        labels = torch.full((num_images * num_proposals,), num_classes, dtype=torch.int64,
+                            device=logits.device)
+        labels[flat_index] = gt_classes
+        row_ious = row_weights = None
+        if self.classification_loss.uses_ious:
+            row_ious = torch.zeros_like(labels, dtype=ious.dtype).index_put_((flat_index,), ious)
+        if weights is not None and self.classification_loss.kind == "ia_bce":
+            row_weights = torch.ones_like(labels, dtype=weights.dtype).index_put_((flat_index,), weights)
+        loss_cls = self.classification_loss(logits.flatten(0, 1), labels, row_ious, normalizer,
+                                            weights=row_weights)
+
+        whwh = image_whwh[image_index]
+        loss_l1 = (matched_boxes / whwh - gt_boxes / whwh).abs().sum(dim=1)
+        loss_giou = giou_loss(matched_boxes, gt_boxes, reduction="none")
+        if weights is not None:
+            loss_l1, loss_giou = loss_l1 * weights, loss_giou * weights
+        unweighted = {"cls": loss_cls, "bbox": loss_l1.sum() / normalizer,
+                      "giou": loss_giou.sum() / normalizer}
+        losses = {f"loss_{name}{suffix}": self.loss_weights[name] * value
+                  for name, value in unweighted.items()}
+        losses.update(self.correlation_loss(matched_logits, matched_boxes.detach(), gt_boxes,
+                                            image_index=image_index, ious=ious,
+                                            name_suffix=suffix))
+        return losses

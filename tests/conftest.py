@@ -1,0 +1,93 @@
+"""Fixtures the tests share: tiny configs, models and batches, the train_net.py runner and its
+metrics, losses with gradients, and the development datasets.
+
+The development data (raccoon, COCO128) is passed to the package through $CORRLOSS_DATA_ROOT; when
+it is not set, the tests use the project's development copy beside the checkout
+(``../shared/data``). Set before ``corrloss_d2`` is imported: it registers datasets on import.
+"""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("CORRLOSS_DATA_ROOT", os.path.join(os.path.dirname(REPO), "shared", "data"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from detectron2.utils.events import EventStorage  # noqa: E402
+from tests import tiny  # noqa: E402
+
+
+def pytest_collection_modifyitems(items):
+    # Multi-process and training tests end up last: a failing unit test shows up first.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    """The development datasets' folder ($CORRLOSS_DATA_ROOT)."""
+    root = os.environ["CORRLOSS_DATA_ROOT"]
+    if not os.path.isdir(os.path.join(root, "raccoon")):
+        pytest.fail(f"CORRLOSS_DATA_ROOT={root} holds no raccoon/ dataset: set it to the folder "
+                    "with the development datasets (raccoon, coco128)")
+    return root
+
+
+@pytest.fixture
+def tiny_cfg():
+    return tiny.tiny_cfg
+
+
+@pytest.fixture
+def tiny_model():
+    return tiny.tiny_model
+
+
+@pytest.fixture
+def synthetic_batch():
+    return tiny.synthetic_batch
+
+
+@pytest.fixture
+def train_net(data_root):
+    """Runs train_net.py in a subprocess (``cwd`` keyword); returns its output. It must succeed,
+    or fail when ``expect_failure``."""
+
+    def run(*args, cwd, expect_failure=False):
+        result = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), *args],
+                                cwd=cwd, capture_output=True, text=True, timeout=900)
+        assert (result.returncode != 0) == expect_failure, (result.stdout[-3000:]
+                                                            + result.stderr[-5000:])
+        return result.stdout + result.stderr
+
+    return run
+
+
+@pytest.fixture
+def metrics():
+    """The records of a run's ``metrics.json``, given its output folder."""
+
+    def read(output_dir):
+        with open(os.path.join(output_dir, "metrics.json")) as f:
+            return [json.loads(line) for line in f]
+
+    return read
+
+
+@pytest.fixture
+def losses_and_grads():
+    """One training forward and backward of a model on a batch: (detached losses, gradients by
+    parameter name, the event storage)."""
+
+    def run(model, batch):
+        model.train()
+        model.zero_grad()
+        with EventStorage() as storage:
+            losses = model(batch)
+            sum(losses.values()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return {k: v.detach() for k, v in losses.items()}, grads, storage
+
+    return run

@@ -3,6 +3,7 @@
 Importing the package registers its meta-architectures (CorrRetinaNet, CorrFCOS,
 CorrSparseRCNN), the backbone ``build_fcos_resnet_fpn_backbone`` and its datasets with detectron2.
 """
+
 from .compiled_ops import register_missing_op_placeholders
 
 register_missing_op_placeholders()  # before detectron2 modules that use the ops are imported
@@ -12,7 +13,14 @@ from .data import register_corrloss_datasets  # noqa: E402
 from .modeling import CorrelationLoss, CorrFCOS, CorrRetinaNet, CorrSparseRCNN  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["add_corrloss_config", "validate_corrloss_config", "register_corrloss_datasets",
-           "CorrRetinaNet", "CorrFCOS", "CorrSparseRCNN", "CorrelationLoss"]
+__all__ = [
+    "add_corrloss_config",
+    "validate_corrloss_config",
+    "register_corrloss_datasets",
+    "CorrRetinaNet",
+    "CorrFCOS",
+    "CorrSparseRCNN",
+    "CorrelationLoss",
+]
 
 register_corrloss_datasets()

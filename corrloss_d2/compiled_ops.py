@@ -7,13 +7,18 @@ deformable convolution (a generic "not compiled" ImportError). Importing corrlos
 placeholders for the rotated-box operators that raise :class:`MissingCompiledOpError`, and
 :func:`check_config_compiled_ops` rejects configs that need deformable convolution, naming the key.
 """
+
 import importlib.util
 from typing import Callable
 
 import torch
 
-__all__ = ["MissingCompiledOpError", "has_compiled_ops", "check_config_compiled_ops",
-           "register_missing_op_placeholders"]
+__all__ = [
+    "MissingCompiledOpError",
+    "has_compiled_ops",
+    "check_config_compiled_ops",
+    "register_missing_op_placeholders",
+]
 
 HOW_TO_GET_THEM = (
     "This environment uses the pure-Python fallback of detectron2, which has no compiled ops. "
@@ -26,17 +31,24 @@ HOW_TO_GET_THEM = (
 # Operators that detectron2's C++ extension registers under torch.ops.detectron2, with the Python
 # entry points that reach them.
 _TORCH_OPS = {
-    "nms_rotated": ("(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor",
-                    "detectron2.layers.nms_rotated / batched_nms_rotated"),
-    "box_iou_rotated": ("(Tensor boxes1, Tensor boxes2) -> Tensor",
-                        "detectron2.structures.pairwise_iou_rotated (RotatedBoxes)"),
+    "nms_rotated": (
+        "(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor",
+        "detectron2.layers.nms_rotated / batched_nms_rotated",
+    ),
+    "box_iou_rotated": (
+        "(Tensor boxes1, Tensor boxes2) -> Tensor",
+        "detectron2.structures.pairwise_iou_rotated (RotatedBoxes)",
+    ),
     "roi_align_rotated_forward": (
         "(Tensor input, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
-        "int sampling_ratio) -> Tensor", "detectron2.layers.ROIAlignRotated"),
+        "int sampling_ratio) -> Tensor",
+        "detectron2.layers.ROIAlignRotated",
+    ),
     "roi_align_rotated_backward": (
         "(Tensor grad, Tensor rois, float spatial_scale, int pooled_height, int pooled_width, "
         "int batch_size, int channels, int height, int width, int sampling_ratio) -> Tensor",
-        "detectron2.layers.ROIAlignRotated"),
+        "detectron2.layers.ROIAlignRotated",
+    ),
 }
 
 _placeholder_library = None  # kept alive: dropping a torch.library.Library unregisters its ops
@@ -58,13 +70,15 @@ def has_compiled_ops() -> bool:
 
 
 def missing_op_error(op: str, needed_by: str) -> MissingCompiledOpError:
-    return MissingCompiledOpError(f"detectron2 compiled op '{op}' is not available (needed by "
-                                  f"{needed_by}). {HOW_TO_GET_THEM}")
+    return MissingCompiledOpError(
+        f"detectron2 compiled op '{op}' is not available (needed by {needed_by}). {HOW_TO_GET_THEM}"
+    )
 
 
 def _raiser(op: str, needed_by: str) -> Callable:
     def raise_missing(*args, **kwargs):
         raise missing_op_error(op, needed_by)
+
     return raise_missing
 
 
@@ -89,5 +103,7 @@ def check_config_compiled_ops(cfg) -> None:
     resnets = cfg.MODEL.get("RESNETS", None)
     if resnets is not None and any(resnets.get("DEFORM_ON_PER_STAGE", [])):
         raise missing_op_error(
-            "deform_conv", f"MODEL.RESNETS.DEFORM_ON_PER_STAGE={list(resnets.DEFORM_ON_PER_STAGE)}; "
-            "set it to [False, False, False, False] to run without deformable convolution")
+            "deform_conv",
+            f"MODEL.RESNETS.DEFORM_ON_PER_STAGE={list(resnets.DEFORM_ON_PER_STAGE)}; "
+            "set it to [False, False, False, False] to run without deformable convolution",
+        )

@@ -1,4 +1,5 @@
 """Config keys of corrloss_d2 (yacs, Detectron2 style)."""
+
 import math
 import os
 from typing import Sequence
@@ -10,8 +11,13 @@ from detectron2.config import get_cfg
 from .errors import ConfigError, MissingFileError
 from .losses import CORRELATION_KINDS
 
-__all__ = ["add_corrloss_config", "validate_corrloss_config", "load_corrloss_config",
-           "is_number", "GROUPINGS"]
+__all__ = [
+    "add_corrloss_config",
+    "validate_corrloss_config",
+    "load_corrloss_config",
+    "is_number",
+    "GROUPINGS",
+]
 
 CLS_LOSS_TYPES = ("focal", "ia_bce", "qfl", "vfl")
 GROUPINGS = ("batch", "level", "image")  # what CorrelationLossHook accepts
@@ -156,40 +162,71 @@ def validate_corrloss_config(cfg: CN) -> None:
     """Raises :class:`~corrloss_d2.errors.ConfigError` (a ValueError) naming the key, the value
     and the allowed values."""
     if cfg.MODEL.get("CORR_LOSS") is None:
-        raise KeyError(f"cfg.MODEL.META_ARCHITECTURE = {cfg.MODEL.META_ARCHITECTURE!r} needs the "
-                       "corrloss_d2 config keys: call corrloss_d2.add_corrloss_config(cfg) before "
-                       "cfg.merge_from_file(...)")
+        raise KeyError(
+            f"cfg.MODEL.META_ARCHITECTURE = {cfg.MODEL.META_ARCHITECTURE!r} needs the "
+            "corrloss_d2 config keys: call corrloss_d2.add_corrloss_config(cfg) before "
+            "cfg.merge_from_file(...)"
+        )
     corr, cls, fcos = cfg.MODEL.CORR_LOSS, cfg.MODEL.CLS_LOSS, cfg.MODEL.FCOS
     _check_choice("MODEL.CORR_LOSS.TYPE", corr.TYPE, CORRELATION_KINDS)
     _check_choice("MODEL.CORR_LOSS.GROUP_BY", corr.GROUP_BY, GROUP_BY_CHOICES)
     _check_choice("MODEL.CLS_LOSS.TYPE", cls.TYPE, CLS_LOSS_TYPES)
-    _require("MODEL.CORR_LOSS.WEIGHT", corr.WEIGHT, is_number(corr.WEIGHT) and corr.WEIGHT >= 0,
-             "a number >= 0")
-    _require("MODEL.CORR_LOSS.RANK_STRENGTH", corr.RANK_STRENGTH,
-             is_number(corr.RANK_STRENGTH) and corr.RANK_STRENGTH > 0, "a number > 0")
-    _require("MODEL.CORR_LOSS.MIN_POSITIVES", corr.MIN_POSITIVES,
-             isinstance(corr.MIN_POSITIVES, int) and corr.MIN_POSITIVES >= 2, "an integer >= 2")
-    _require("MODEL.CLS_LOSS.IA_BCE_ALPHA", cls.IA_BCE_ALPHA,
-             is_number(cls.IA_BCE_ALPHA) and 0 <= cls.IA_BCE_ALPHA <= 1, "in [0, 1]")
-    _require("MODEL.FCOS.CENTER_SAMPLING_RADIUS", fcos.CENTER_SAMPLING_RADIUS,
-             is_number(fcos.CENTER_SAMPLING_RADIUS) and fcos.CENTER_SAMPLING_RADIUS > 0,
-             "a number > 0")
+    _require(
+        "MODEL.CORR_LOSS.WEIGHT",
+        corr.WEIGHT,
+        is_number(corr.WEIGHT) and corr.WEIGHT >= 0,
+        "a number >= 0",
+    )
+    _require(
+        "MODEL.CORR_LOSS.RANK_STRENGTH",
+        corr.RANK_STRENGTH,
+        is_number(corr.RANK_STRENGTH) and corr.RANK_STRENGTH > 0,
+        "a number > 0",
+    )
+    _require(
+        "MODEL.CORR_LOSS.MIN_POSITIVES",
+        corr.MIN_POSITIVES,
+        isinstance(corr.MIN_POSITIVES, int) and corr.MIN_POSITIVES >= 2,
+        "an integer >= 2",
+    )
+    _require(
+        "MODEL.CLS_LOSS.IA_BCE_ALPHA",
+        cls.IA_BCE_ALPHA,
+        is_number(cls.IA_BCE_ALPHA) and 0 <= cls.IA_BCE_ALPHA <= 1,
+        "in [0, 1]",
+    )
+    _require(
+        "MODEL.FCOS.CENTER_SAMPLING_RADIUS",
+        fcos.CENTER_SAMPLING_RADIUS,
+        is_number(fcos.CENTER_SAMPLING_RADIUS) and fcos.CENTER_SAMPLING_RADIUS > 0,
+        "a number > 0",
+    )
     _check_choice("MODEL.FCOS.HEAD_NORM", fcos.HEAD_NORM, ("GN", "BN", "SyncBN", ""))
     _validate_sparse_rcnn(cfg.MODEL.SPARSE_RCNN)
     _check_choice("SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, OPTIMIZERS)
-    _require("SOLVER.BACKBONE_MULTIPLIER", cfg.SOLVER.BACKBONE_MULTIPLIER,
-             is_number(cfg.SOLVER.BACKBONE_MULTIPLIER) and cfg.SOLVER.BACKBONE_MULTIPLIER >= 0,
-             "a number >= 0")
-    _check_choice("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE,
-                  CLIP_TYPES)
+    _require(
+        "SOLVER.BACKBONE_MULTIPLIER",
+        cfg.SOLVER.BACKBONE_MULTIPLIER,
+        is_number(cfg.SOLVER.BACKBONE_MULTIPLIER) and cfg.SOLVER.BACKBONE_MULTIPLIER >= 0,
+        "a number >= 0",
+    )
+    _check_choice(
+        "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, CLIP_TYPES
+    )
     _check_choice("INPUT.TRAIN_AUGMENTATION", cfg.INPUT.TRAIN_AUGMENTATION, TRAIN_AUGMENTATIONS)
     correlation_eval = cfg.TEST.CORRELATION_EVAL
-    _require("TEST.CORRELATION_EVAL.IOU_THRESHOLD", correlation_eval.IOU_THRESHOLD,
-             is_number(correlation_eval.IOU_THRESHOLD) and 0 < correlation_eval.IOU_THRESHOLD <= 1,
-             "in (0, 1]")
-    _require("TEST.CORRELATION_EVAL.BR_RECALL_TOP_N", correlation_eval.BR_RECALL_TOP_N,
-             all(isinstance(n, int) and n >= 1 for n in correlation_eval.BR_RECALL_TOP_N),
-             "a list of integers >= 1")
+    _require(
+        "TEST.CORRELATION_EVAL.IOU_THRESHOLD",
+        correlation_eval.IOU_THRESHOLD,
+        is_number(correlation_eval.IOU_THRESHOLD) and 0 < correlation_eval.IOU_THRESHOLD <= 1,
+        "in (0, 1]",
+    )
+    _require(
+        "TEST.CORRELATION_EVAL.BR_RECALL_TOP_N",
+        correlation_eval.BR_RECALL_TOP_N,
+        all(isinstance(n, int) and n >= 1 for n in correlation_eval.BR_RECALL_TOP_N),
+        "a list of integers >= 1",
+    )
 
 
 def is_number(value) -> bool:
@@ -198,29 +235,61 @@ def is_number(value) -> bool:
 
 
 def _validate_sparse_rcnn(sparse) -> None:
-    for key in ("NUM_CLASSES", "NUM_PROPOSALS", "NUM_STAGES", "HIDDEN_DIM", "DIM_DYNAMIC",
-                "NUM_DYNAMIC", "NUM_HEADS", "DIM_FEEDFORWARD", "NUM_CLS_LAYERS", "NUM_REG_LAYERS"):
+    for key in (
+        "NUM_CLASSES",
+        "NUM_PROPOSALS",
+        "NUM_STAGES",
+        "HIDDEN_DIM",
+        "DIM_DYNAMIC",
+        "NUM_DYNAMIC",
+        "NUM_HEADS",
+        "DIM_FEEDFORWARD",
+        "NUM_CLS_LAYERS",
+        "NUM_REG_LAYERS",
+    ):
         value = sparse[key]
-        _require(f"MODEL.SPARSE_RCNN.{key}", value, isinstance(value, int) and value >= 1,
-                 "an integer >= 1")
-    _require("MODEL.SPARSE_RCNN.NUM_HEADS", sparse.NUM_HEADS,
-             sparse.HIDDEN_DIM % sparse.NUM_HEADS == 0,
-             f"a divisor of MODEL.SPARSE_RCNN.HIDDEN_DIM = {sparse.HIDDEN_DIM}")
+        _require(
+            f"MODEL.SPARSE_RCNN.{key}",
+            value,
+            isinstance(value, int) and value >= 1,
+            "an integer >= 1",
+        )
+    _require(
+        "MODEL.SPARSE_RCNN.NUM_HEADS",
+        sparse.NUM_HEADS,
+        sparse.HIDDEN_DIM % sparse.NUM_HEADS == 0,
+        f"a divisor of MODEL.SPARSE_RCNN.HIDDEN_DIM = {sparse.HIDDEN_DIM}",
+    )
     for key in ("CLASS_WEIGHT", "L1_WEIGHT", "GIOU_WEIGHT", "PRIME_SAMPLE_TAU"):
         value = sparse[key]
-        _require(f"MODEL.SPARSE_RCNN.{key}", value, is_number(value) and value >= 0, "a number >= 0")
-    _require("MODEL.SPARSE_RCNN.ONE_TO_MANY_K", sparse.ONE_TO_MANY_K,
-             isinstance(sparse.ONE_TO_MANY_K, int) and sparse.ONE_TO_MANY_K >= 0,
-             "an integer >= 0 (0 = one-to-one matching on every stage)")
-    _require("MODEL.SPARSE_RCNN.DROPOUT", sparse.DROPOUT,
-             is_number(sparse.DROPOUT) and 0 <= sparse.DROPOUT < 1, "in [0, 1)")
-    _require("MODEL.SPARSE_RCNN.PRIOR_PROB", sparse.PRIOR_PROB,
-             is_number(sparse.PRIOR_PROB) and 0 < sparse.PRIOR_PROB < 1, "in (0, 1)")
+        _require(
+            f"MODEL.SPARSE_RCNN.{key}", value, is_number(value) and value >= 0, "a number >= 0"
+        )
+    _require(
+        "MODEL.SPARSE_RCNN.ONE_TO_MANY_K",
+        sparse.ONE_TO_MANY_K,
+        isinstance(sparse.ONE_TO_MANY_K, int) and sparse.ONE_TO_MANY_K >= 0,
+        "an integer >= 0 (0 = one-to-one matching on every stage)",
+    )
+    _require(
+        "MODEL.SPARSE_RCNN.DROPOUT",
+        sparse.DROPOUT,
+        is_number(sparse.DROPOUT) and 0 <= sparse.DROPOUT < 1,
+        "in [0, 1)",
+    )
+    _require(
+        "MODEL.SPARSE_RCNN.PRIOR_PROB",
+        sparse.PRIOR_PROB,
+        is_number(sparse.PRIOR_PROB) and 0 < sparse.PRIOR_PROB < 1,
+        "in (0, 1)",
+    )
 
 
 # Why a value yacs rejects may be wrong (yacs raises ValueError only for a type mismatch).
-_MERGE_HINTS = {ValueError: " Give the key a value of its default's type: a float key needs a "
-                            "number with a decimal point (1.0, not 1 or '1.0'), a list key a list."}
+_MERGE_HINTS = {
+    ValueError: " Give the key a value of its default's type: a float key needs a "
+    "number with a decimal point (1.0, not 1 or '1.0'), a list key a list."
+}
 
 
 def load_corrloss_config(config_file: str, opts: Sequence = ()) -> CN:
@@ -231,13 +300,17 @@ def load_corrloss_config(config_file: str, opts: Sequence = ()) -> CN:
     or override it came from."""
     if not config_file or not os.path.isfile(config_file):
         given = f"config file {config_file!r} does not exist" if config_file else "no config file"
-        raise MissingFileError(f"{given} (relative paths start at {os.getcwd()}); give the path of "
-                               "a yaml config, e.g. "
-                               "configs/CPU/retinanet_R_18_FPN_raccoon_scratch.yaml")
+        raise MissingFileError(
+            f"{given} (relative paths start at {os.getcwd()}); give the path of "
+            "a yaml config, e.g. "
+            "configs/CPU/retinanet_R_18_FPN_raccoon_scratch.yaml"
+        )
     cfg = get_cfg()
     add_corrloss_config(cfg)  # before merging: the yaml files use MODEL.CORR_LOSS/CLS_LOSS/FCOS
-    for source, merge, arg in ((f"config file {config_file}", cfg.merge_from_file, config_file),
-                               ("command-line overrides", cfg.merge_from_list, list(opts))):
+    for source, merge, arg in (
+        (f"config file {config_file}", cfg.merge_from_file, config_file),
+        ("command-line overrides", cfg.merge_from_list, list(opts)),
+    ):
         try:
             merge(arg)
         except (KeyError, ValueError, AssertionError, OSError, yaml.YAMLError) as error:

@@ -5,6 +5,7 @@ The development data (raccoon, COCO128) is passed to the package through $CORRLO
 it is not set, the tests use the project's development copy beside the checkout
 (``../shared/data``). Set before ``corrloss_d2`` is imported: it registers datasets on import.
 """
+
 import json
 import os
 import subprocess
@@ -14,9 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("CORRLOSS_DATA_ROOT", os.path.join(os.path.dirname(REPO), "shared", "data"))
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
-
 from detectron2.utils.events import EventStorage  # noqa: E402
+
 from tests import tiny  # noqa: E402
 
 
@@ -30,8 +30,10 @@ def data_root():
     """The development datasets' folder ($CORRLOSS_DATA_ROOT)."""
     root = os.environ["CORRLOSS_DATA_ROOT"]
     if not os.path.isdir(os.path.join(root, "raccoon")):
-        pytest.fail(f"CORRLOSS_DATA_ROOT={root} holds no raccoon/ dataset: set it to the folder "
-                    "with the development datasets (raccoon, coco128)")
+        pytest.fail(
+            f"CORRLOSS_DATA_ROOT={root} holds no raccoon/ dataset: set it to the folder "
+            "with the development datasets (raccoon, coco128)"
+        )
     return root
 
 
@@ -56,10 +58,16 @@ def train_net(data_root):
     or fail when ``expect_failure``."""
 
     def run(*args, cwd, expect_failure=False):
-        result = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), *args],
-                                cwd=cwd, capture_output=True, text=True, timeout=900)
-        assert (result.returncode != 0) == expect_failure, (result.stdout[-3000:]
-                                                            + result.stderr[-5000:])
+        result = subprocess.run(
+            [sys.executable, os.path.join(REPO, "train_net.py"), *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert (result.returncode != 0) == expect_failure, (
+            result.stdout[-3000:] + result.stderr[-5000:]
+        )
         return result.stdout + result.stderr
 
     return run

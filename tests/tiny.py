@@ -1,33 +1,70 @@
 """Tiny CPU models, synthetic batches and tiny train_net.py runs: the builders the tests share
 (through the fixtures of ``tests/conftest.py``, and imported directly where a fixture cannot
 reach: module-level parameters and the functions spawned processes run)."""
+
 import os
 
 import torch
-
-import corrloss_d2  # noqa: F401
-from corrloss_d2 import add_corrloss_config
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
+import corrloss_d2  # noqa: F401
+from corrloss_d2 import add_corrloss_config
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # train_net.py overrides for runs of a few iterations on small images.
-FAST = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "224", "INPUT.MIN_SIZE_TEST", "160",
-        "INPUT.MAX_SIZE_TEST", "224", "SOLVER.WARMUP_ITERS", "10", "DATALOADER.NUM_WORKERS", "0",
-        "SOLVER.STEPS", "()"]
-BASES = {"CorrRetinaNet": "Base-CorrRetinaNet.yaml", "CorrFCOS": "Base-CorrFCOS.yaml",
-         "CorrSparseRCNN": "Base-CorrSparseRCNN.yaml"}
+FAST = [
+    "INPUT.MIN_SIZE_TRAIN",
+    "(160,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "224",
+    "INPUT.MIN_SIZE_TEST",
+    "160",
+    "INPUT.MAX_SIZE_TEST",
+    "224",
+    "SOLVER.WARMUP_ITERS",
+    "10",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.STEPS",
+    "()",
+]
+BASES = {
+    "CorrRetinaNet": "Base-CorrRetinaNet.yaml",
+    "CorrFCOS": "Base-CorrFCOS.yaml",
+    "CorrSparseRCNN": "Base-CorrSparseRCNN.yaml",
+}
 NUM_CLASSES = 3
 HEAD_OPTS = {
-    "CorrRetinaNet": ["MODEL.RETINANET.NUM_CLASSES", NUM_CLASSES, "MODEL.RETINANET.NUM_CONVS", 1,
-                      "MODEL.ANCHOR_GENERATOR.SIZES", [[16], [32], [64], [128], [256]]],
+    "CorrRetinaNet": [
+        "MODEL.RETINANET.NUM_CLASSES",
+        NUM_CLASSES,
+        "MODEL.RETINANET.NUM_CONVS",
+        1,
+        "MODEL.ANCHOR_GENERATOR.SIZES",
+        [[16], [32], [64], [128], [256]],
+    ],
     "CorrFCOS": ["MODEL.FCOS.NUM_CLASSES", NUM_CLASSES, "MODEL.FCOS.NUM_CONVS", 1],
     # 2 stages, 20 proposals, 32-wide head; 20 proposals x 3 classes >= 50 detections.
-    "CorrSparseRCNN": ["MODEL.SPARSE_RCNN.NUM_CLASSES", NUM_CLASSES, "MODEL.SPARSE_RCNN.NUM_STAGES", 2,
-                       "MODEL.SPARSE_RCNN.NUM_PROPOSALS", 20, "MODEL.SPARSE_RCNN.HIDDEN_DIM", 32,
-                       "MODEL.SPARSE_RCNN.DIM_DYNAMIC", 8, "MODEL.SPARSE_RCNN.NUM_HEADS", 4,
-                       "MODEL.SPARSE_RCNN.DIM_FEEDFORWARD", 64, "TEST.DETECTIONS_PER_IMAGE", 50],
+    "CorrSparseRCNN": [
+        "MODEL.SPARSE_RCNN.NUM_CLASSES",
+        NUM_CLASSES,
+        "MODEL.SPARSE_RCNN.NUM_STAGES",
+        2,
+        "MODEL.SPARSE_RCNN.NUM_PROPOSALS",
+        20,
+        "MODEL.SPARSE_RCNN.HIDDEN_DIM",
+        32,
+        "MODEL.SPARSE_RCNN.DIM_DYNAMIC",
+        8,
+        "MODEL.SPARSE_RCNN.NUM_HEADS",
+        4,
+        "MODEL.SPARSE_RCNN.DIM_FEEDFORWARD",
+        64,
+        "TEST.DETECTIONS_PER_IMAGE",
+        50,
+    ],
 }
 
 
@@ -37,10 +74,24 @@ def tiny_cfg(arch: str, *opts):
     cfg = get_cfg()
     add_corrloss_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs", BASES[arch]))
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-        "MODEL.RESNETS.NORM", "GN", "MODEL.BACKBONE.FREEZE_AT", 0, "MODEL.FPN.OUT_CHANNELS", 32,
-        *HEAD_OPTS[arch], *opts])
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.RESNETS.DEPTH",
+            18,
+            "MODEL.RESNETS.RES2_OUT_CHANNELS",
+            64,
+            "MODEL.RESNETS.NORM",
+            "GN",
+            "MODEL.BACKBONE.FREEZE_AT",
+            0,
+            "MODEL.FPN.OUT_CHANNELS",
+            32,
+            *HEAD_OPTS[arch],
+            *opts,
+        ]
+    )
     return cfg
 
 

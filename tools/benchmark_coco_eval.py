@@ -2,12 +2,14 @@
 """Speed of COCO box AP: pycocotools vs faster-coco-eval (vs detectron2's compiled COCOeval_opt
 where it exists) on a COCO-val-sized synthetic set, and that they give the same AP.
 
-    python tools/benchmark_coco_eval.py [--images 5000] [--boxes-per-image 7.3] [--dets-per-image 100]
+    python tools/benchmark_coco_eval.py [--images 5000] [--boxes-per-image 7.3] \
+        [--dets-per-image 100]
 
 CorrelationEvaluator computes AP three times (AP and its two bounds), so this is its main cost.
 Times are seconds of evaluate + accumulate + summarize in this one process, wall-clock and CPU
 (all threads; robust to other load on the machine); compare them as ratios.
 """
+
 import argparse
 import contextlib
 import io
@@ -31,18 +33,40 @@ def synthetic_coco(num_images: int, boxes_per_image: float, dets_per_image: int,
         xy = rng.uniform(0, 1, size=(num_gt, 2)) * np.maximum([640, 480] - wh, 1)
         classes = rng.integers(1, 81, size=num_gt)
         for box, c in zip(np.concatenate([xy, wh], axis=1), classes):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(c),
-                                "bbox": box.tolist(), "area": float(box[2] * box[3]), "iscrowd": 0})
-        copies = rng.integers(0, num_gt, size=min(dets_per_image // 2, 3 * num_gt)) if num_gt else []
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(c),
+                    "bbox": box.tolist(),
+                    "area": float(box[2] * box[3]),
+                    "iscrowd": 0,
+                }
+            )
+        copies = (
+            rng.integers(0, num_gt, size=min(dets_per_image // 2, 3 * num_gt)) if num_gt else []
+        )
         for k in copies:
             box = np.concatenate([xy[k], wh[k]]) * rng.normal(1, 0.08, size=4)
-            detections.append({"image_id": image_id, "category_id": int(classes[k]),
-                               "bbox": box.tolist(), "score": float(rng.uniform(0.05, 1))})
+            detections.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(classes[k]),
+                    "bbox": box.tolist(),
+                    "score": float(rng.uniform(0.05, 1)),
+                }
+            )
         for _ in range(dets_per_image - len(copies)):
             w, h = np.exp(rng.uniform(np.log(8), np.log(300), size=2))
             x, y = rng.uniform(0, 640 - w), rng.uniform(0, 480 - h)
-            detections.append({"image_id": image_id, "category_id": int(rng.integers(1, 81)),
-                               "bbox": [x, y, w, h], "score": float(rng.uniform(0.01, 0.5))})
+            detections.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(rng.integers(1, 81)),
+                    "bbox": [x, y, w, h],
+                    "score": float(rng.uniform(0.01, 0.5)),
+                }
+            )
     categories = [{"id": c, "name": str(c)} for c in range(1, 81)]
     return {"images": images, "annotations": annotations, "categories": categories}, detections
 
@@ -56,9 +80,8 @@ def time_backend(name: str, json_file: str, detections):
             from faster_coco_eval import COCO
             from faster_coco_eval import COCOeval_faster as COCOeval
         else:
-            from pycocotools.coco import COCO
-
             from detectron2.evaluation.fast_eval_api import COCOeval_opt as COCOeval
+            from pycocotools.coco import COCO
         coco_gt = COCO(json_file)
         coco_dt = coco_gt.loadRes(detections)
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -84,13 +107,17 @@ def main():
         json_file = os.path.join(folder, "gt.json")
         with open(json_file, "w") as f:
             json.dump(gt, f)
-        print(f"{len(gt['images'])} images, {len(gt['annotations'])} boxes, "
-              f"{len(detections)} detections")
+        print(
+            f"{len(gt['images'])} images, {len(gt['annotations'])} boxes, "
+            f"{len(detections)} detections"
+        )
         results = {name: time_backend(name, json_file, detections) for name in backends}
     reference = results["pycocotools"][0]
     for name, (seconds, cpu_seconds, ap) in results.items():
-        print(f"{name:18s} {seconds:8.2f} s wall ({reference / seconds:5.1f}x pycocotools), "
-              f"{cpu_seconds:8.2f} s CPU, AP {ap:.4f}")
+        print(
+            f"{name:18s} {seconds:8.2f} s wall ({reference / seconds:5.1f}x pycocotools), "
+            f"{cpu_seconds:8.2f} s CPU, AP {ap:.4f}"
+        )
 
 
 if __name__ == "__main__":

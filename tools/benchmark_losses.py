@@ -20,6 +20,7 @@ Then the table of all losses over 10^2..10^5 samples and 1..8 groups (skip with 
     python tools/benchmark_losses.py [--rank-sizes 1000 10000 100000] [--seconds 3]
                                      [--sizes 100 1000 10000 100000] [--groups 1 8] [--no-table]
 """
+
 import argparse
 import os
 import statistics
@@ -29,8 +30,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from corrloss_d2.losses import (CORRELATION_KINDS, correlation_loss, ia_bce_loss, quality_focal_loss,
-                                soft_rank, varifocal_loss)
+from corrloss_d2.losses import (
+    CORRELATION_KINDS,
+    correlation_loss,
+    ia_bce_loss,
+    quality_focal_loss,
+    soft_rank,
+    varifocal_loss,
+)
 
 NUM_CLASSES = 80
 
@@ -51,8 +58,10 @@ def cpu_description() -> str:
         pass
     avx512 = sorted(flag for flag in flags if flag.startswith("avx512"))
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    return (f"cpu: {model}, {os.cpu_count()} logical CPUs | avx512: "
-            f"{'yes (' + ' '.join(avx512) + ')' if avx512 else 'no'} | load average: {load}")
+    return (
+        f"cpu: {model}, {os.cpu_count()} logical CPUs | avx512: "
+        f"{'yes (' + ' '.join(avx512) + ')' if avx512 else 'no'} | load average: {load}"
+    )
 
 
 def median_ms(fn: Callable[[], None], device: torch.device, min_time_s: float = 0.3) -> float:
@@ -72,8 +81,12 @@ def median_ms(fn: Callable[[], None], device: torch.device, min_time_s: float = 
     return 1e3 * statistics.median(times)
 
 
-def interleaved_ms(cases: Dict[str, Callable[[], None]], seconds: float, min_repeats: int = 20,
-                   max_repeats: int = 20000) -> Dict[str, Tuple[List[float], List[float]]]:
+def interleaved_ms(
+    cases: Dict[str, Callable[[], None]],
+    seconds: float,
+    min_repeats: int = 20,
+    max_repeats: int = 20000,
+) -> Dict[str, Tuple[List[float], List[float]]]:
     """Calls every case once per round until ``seconds`` have passed (and at least ``min_repeats``
     rounds); returns name -> (wall ms per round, thread CPU ms per round)."""
     for fn in cases.values():
@@ -105,12 +118,13 @@ def fwd_bwd(make_loss: Callable[[torch.Tensor], torch.Tensor], values: torch.Ten
     def run():
         x = values.detach().requires_grad_()
         make_loss(x).backward()
+
     return run
 
 
 def torchsort_rank() -> Optional[Callable]:
     try:
-        import torchsort
+        import torchsort  # noqa: F401  (importable, not only installed)
     except ImportError:
         return None
     return lambda x, s: torchsort.soft_rank(x, regularization="l2", regularization_strength=s)
@@ -125,8 +139,10 @@ def samples(n: int, gen: torch.Generator, device: torch.device):
 
 def soft_rank_comparison(sizes, seconds: float, gen: torch.Generator) -> None:
     reference_rank = torchsort_rank()
-    print("\nsoft_rank forward+backward of a (1, n) float32 row, ms per call: median wall / "
-          "median thread CPU")
+    print(
+        "\nsoft_rank forward+backward of a (1, n) float32 row, ms per call: median wall / "
+        "median thread CPU"
+    )
     header = f"{'n':>7}{'strength':>10}{'native':>18}"
     if reference_rank is not None:
         header += f"{'torchsort':>18}{'ratio':>14}"
@@ -145,9 +161,11 @@ def soft_rank_comparison(sizes, seconds: float, gen: torch.Generator) -> None:
             result = interleaved_ms(cases, seconds)
             line = f"{n:>7}{strength:>10.0e}{medians(result['native']):>18}"
             if reference_rank is not None:
-                ratios = (median_ratio(result["native"][0], result["torchsort"][0]),
-                          median_ratio(result["native"][1], result["torchsort"][1]))
-                line += f"{medians(result['torchsort']):>18}{'%.2f / %.2f' % ratios:>14}"
+                ratios = (
+                    median_ratio(result["native"][0], result["torchsort"][0]),
+                    median_ratio(result["native"][1], result["torchsort"][1]),
+                )
+                line += f"{medians(result['torchsort']):>18}{'{:.2f} / {:.2f}'.format(*ratios):>14}"
             line += f"{medians(result['argsort']):>20}{len(result['native'][0]):>9}"
             print(line)
 
@@ -157,12 +175,16 @@ def spearman_loss_timing(n: int, seconds: float, gen: torch.Generator) -> None:
     cases = {}
     for strength in (1.0, 0.1 / n):
         cases[f"spearman strength={strength:.0e}"] = fwd_bwd(
-            lambda x, s=strength: correlation_loss(x, ious, "spearman", strength=s), scores)
+            lambda x, s=strength: correlation_loss(x, ious, "spearman", strength=s), scores
+        )
     cases["pearson (no soft ranks)"] = fwd_bwd(
-        lambda x: correlation_loss(x, ious, "pearson"), scores)
+        lambda x: correlation_loss(x, ious, "pearson"), scores
+    )
     result = interleaved_ms(cases, seconds)
-    print(f"\ncorrelation_loss forward+backward over {n} positives, one group, ms per call: "
-          "median wall / median thread CPU")
+    print(
+        f"\ncorrelation_loss forward+backward over {n} positives, one group, ms per call: "
+        "median wall / median thread CPU"
+    )
     for name, times in result.items():
         print(f"  {name:<28}{medians(times):>18}   ({len(times[0])} repeats)")
 
@@ -185,16 +207,28 @@ def loss_table(sizes, group_counts, device: torch.device, gen: torch.Generator) 
             for kind in CORRELATION_KINDS:
                 strengths = [1.0, 0.1 / n] if kind == "spearman" else [1.0]
                 for strength in strengths:
-                    ms = median_ms(fwd_bwd(lambda s: correlation_loss(
-                        s, ious, kind, groups=groups if num_groups > 1 else None,
-                        strength=strength), scores), device)
+                    ms = median_ms(
+                        fwd_bwd(
+                            lambda s: correlation_loss(
+                                s,
+                                ious,
+                                kind,
+                                groups=groups if num_groups > 1 else None,
+                                strength=strength,
+                            ),
+                            scores,
+                        ),
+                        device,
+                    )
                     report(f"correlation_loss {kind} eps={strength:.0e}", n, num_groups, ms)
         rows = scores.reshape(1, n)
         for strength in (1.0, 0.1 / n):
             ms = median_ms(fwd_bwd(lambda x: soft_rank(x, strength).sum(), rows), device)
             ratio = None
             if reference_rank is not None:
-                ref_ms = median_ms(fwd_bwd(lambda x: reference_rank(x, strength).sum(), rows), device)
+                ref_ms = median_ms(
+                    fwd_bwd(lambda x: reference_rank(x, strength).sum(), rows), device
+                )
                 ratio = ms / ref_ms
             report(f"soft_rank eps={strength:.0e}", n, 1, ms, ratio)
         # Dense classification losses over n predictions x 80 classes, 10% positives.
@@ -204,22 +238,44 @@ def loss_table(sizes, group_counts, device: torch.device, gen: torch.Generator) 
         positive = torch.rand(num_rows, generator=gen) < 0.1
         labels[positive] = torch.randint(0, NUM_CLASSES, (int(positive.sum()),), generator=gen)
         labels, row_ious = labels.to(device), ious[:num_rows]
-        for name, loss_fn in (("ia_bce_loss", ia_bce_loss), ("quality_focal_loss", quality_focal_loss),
-                              ("varifocal_loss", varifocal_loss)):
-            ms = median_ms(fwd_bwd(lambda x: loss_fn(x, labels, row_ious, normalizer=1.0), logits), device)
+        for name, loss_fn in (
+            ("ia_bce_loss", ia_bce_loss),
+            ("quality_focal_loss", quality_focal_loss),
+            ("varifocal_loss", varifocal_loss),
+        ):
+            ms = median_ms(
+                fwd_bwd(lambda x: loss_fn(x, labels, row_ious, normalizer=1.0), logits), device
+            )
             report(f"{name} ({num_rows}x{NUM_CLASSES})", num_rows * NUM_CLASSES, 1, ms)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--rank-sizes", type=int, nargs="+", default=[1000, 10000, 100000],
-                        help="n for the soft_rank / torchsort comparison")
-    parser.add_argument("--spearman-size", type=int, default=10000,
-                        help="positives for the Spearman loss timing")
-    parser.add_argument("--seconds", type=float, default=3.0,
-                        help="time spent on each interleaved group of cases (default 3)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000, 100000],
-                        help="N for the table of all losses")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--rank-sizes",
+        type=int,
+        nargs="+",
+        default=[1000, 10000, 100000],
+        help="n for the soft_rank / torchsort comparison",
+    )
+    parser.add_argument(
+        "--spearman-size", type=int, default=10000, help="positives for the Spearman loss timing"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=3.0,
+        help="time spent on each interleaved group of cases (default 3)",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[100, 1000, 10000, 100000],
+        help="N for the table of all losses",
+    )
     parser.add_argument("--groups", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--device", default="cpu", help="device of the table of all losses")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -228,14 +284,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     try:
-        import torchsort
         from importlib.metadata import version
+
+        import torchsort  # noqa: F401  (importable, not only installed)
+
         torchsort_version = version("torchsort")
     except ImportError:
         torchsort_version = "not installed"
     print(cpu_description())
-    print(f"threads={args.threads} torch={torch.__version__} numpy={np.__version__} "
-          f"torchsort={torchsort_version}")
+    print(
+        f"threads={args.threads} torch={torch.__version__} numpy={np.__version__} "
+        f"torchsort={torchsort_version}"
+    )
     soft_rank_comparison(args.rank_sizes, args.seconds, gen)
     spearman_loss_timing(args.spearman_size, args.seconds, gen)
     if not args.no_table:

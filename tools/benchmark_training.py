@@ -18,8 +18,10 @@ live tensor bytes, replayed from every allocation and free that the PyTorch prof
 (deterministic, unlike the process's resident set size). ``--amp`` runs forward passes under
 autocast (float16 with a GradScaler on CUDA, like detectron2's AMPTrainer; bfloat16 on the CPU).
 
-    python tools/benchmark_training.py [--iters 200] [--archs retinanet fcos sparse_rcnn] [--device cpu] [--amp]
+    python tools/benchmark_training.py [--iters 200] [--archs retinanet fcos sparse_rcnn] \
+        [--device cpu] [--amp]
 """
+
 import argparse
 import contextlib
 import copy
@@ -29,30 +31,45 @@ import time
 from typing import List
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
-import corrloss_d2  # noqa: F401
-from corrloss_d2 import add_corrloss_config
-from corrloss_d2.solver import build_optimizer
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader
 from detectron2.modeling import build_model
 from detectron2.modeling.meta_arch.fcos import FCOS
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.utils.events import EventStorage
+from torch.profiler import ProfilerActivity, profile
+
+import corrloss_d2  # noqa: F401
+from corrloss_d2 import add_corrloss_config
+from corrloss_d2.solver import build_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The first variant of each architecture is the reference of its ratios.
-VARIANTS = {"retinanet": ("detectron2", "weight0", "corr"), "fcos": ("detectron2", "weight0", "corr"),
-            "sparse_rcnn": ("weight0", "corr")}
+VARIANTS = {
+    "retinanet": ("detectron2", "weight0", "corr"),
+    "fcos": ("detectron2", "weight0", "corr"),
+    "sparse_rcnn": ("weight0", "corr"),
+}
 
 
 def make_cfg(arch: str, device: str, weight: float, kind: str):
     cfg = get_cfg()
     add_corrloss_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "CPU", f"{arch}_R_18_FPN_raccoon_scratch.yaml"))
-    cfg.merge_from_list(["MODEL.DEVICE", device, "MODEL.CORR_LOSS.WEIGHT", weight,
-                         "MODEL.CORR_LOSS.TYPE", kind, "DATALOADER.NUM_WORKERS", 0])
+    cfg.merge_from_file(
+        os.path.join(REPO, "configs", "CPU", f"{arch}_R_18_FPN_raccoon_scratch.yaml")
+    )
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            device,
+            "MODEL.CORR_LOSS.WEIGHT",
+            weight,
+            "MODEL.CORR_LOSS.TYPE",
+            kind,
+            "DATALOADER.NUM_WORKERS",
+            0,
+        ]
+    )
     return cfg
 
 
@@ -67,9 +84,14 @@ def make_model(arch: str, variant: str, device: str, weight: float, kind: str, a
         model = reference.to(device)
     elif variant == "detectron2":
         f = cfg.MODEL.FCOS
-        model = FCOS(backbone=copy.deepcopy(model.backbone), head=copy.deepcopy(model.head),
-                     head_in_features=model.head_in_features, num_classes=f.NUM_CLASSES,
-                     pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD).to(device)
+        model = FCOS(
+            backbone=copy.deepcopy(model.backbone),
+            head=copy.deepcopy(model.head),
+            head_in_features=model.head_in_features,
+            num_classes=f.NUM_CLASSES,
+            pixel_mean=cfg.MODEL.PIXEL_MEAN,
+            pixel_std=cfg.MODEL.PIXEL_STD,
+        ).to(device)
     model.bench_optimizer = build_optimizer(cfg, model)
     model.bench_iter = 0
     if amp and device == "cuda":
@@ -157,8 +179,9 @@ def peak_memory(model, batch, device: str) -> int:
             return torch.cuda.max_memory_allocated() - start
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             sum(model(batch).values()).backward()
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage),
-                    key=lambda e: e.time_range.start)
+    events = sorted(
+        (e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start
+    )
     live = peak = 0
     for event in events:
         live += event.self_cpu_memory_usage
@@ -167,44 +190,64 @@ def peak_memory(model, batch, device: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--iters", type=int, default=200, help="timed iterations per variant")
     parser.add_argument("--block", type=int, default=10, help="iterations per interleaved block")
     parser.add_argument("--archs", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weight", type=float, default=0.2)
     parser.add_argument("--kind", default="spearman")
-    parser.add_argument("--amp", action="store_true",
-                        help="autocast forward passes (float16 + GradScaler on CUDA, bfloat16 on CPU)")
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="autocast forward passes (float16 + GradScaler on CUDA, bfloat16 on CPU)",
+    )
     args = parser.parse_args()
 
-    print(f"device={args.device} threads={torch.get_num_threads()} iters={args.iters} "
-          f"block={args.block} amp={args.amp} correlation: {args.kind}, λ={args.weight}")
-    print(f"{'arch':<12}{'variant':<12}{'train it/s':>11}{'ratio':>7}{'infer img/s':>12}{'ratio':>7}"
-          f"{'peak MiB':>10}{'ratio':>7}")
+    print(
+        f"device={args.device} threads={torch.get_num_threads()} iters={args.iters} "
+        f"block={args.block} amp={args.amp} correlation: {args.kind}, λ={args.weight}"
+    )
+    print(
+        f"{'arch':<12}{'variant':<12}{'train it/s':>11}{'ratio':>7}{'infer img/s':>12}{'ratio':>7}"
+        f"{'peak MiB':>10}{'ratio':>7}"
+    )
     for arch in args.archs:
         variants = VARIANTS[arch]
         batches = fixed_batches(arch, args.device, 8)
         images_per_batch = len(batches[0])
-        models = {v: make_model(arch, v, args.device, args.weight, args.kind, args.amp)
-                  for v in variants}
+        models = {
+            v: make_model(arch, v, args.device, args.weight, args.kind, args.amp) for v in variants
+        }
         for model in models.values():  # warm-up: allocator, numba compilation, dataloader-free
             train(model, batches, 3, args.device, args.amp)
             infer(model, batches, 2, args.device, args.amp)
         train_time = interleaved_medians(
-            models, variants, lambda m, n: train(m, batches, n, args.device, args.amp),
-            args.iters, args.block)
+            models,
+            variants,
+            lambda m, n: train(m, batches, n, args.device, args.amp),
+            args.iters,
+            args.block,
+        )
         infer_time = interleaved_medians(
-            models, variants, lambda m, n: infer(m, batches, n, args.device, args.amp),
-            max(args.block, args.iters // 4), args.block)
+            models,
+            variants,
+            lambda m, n: infer(m, batches, n, args.device, args.amp),
+            max(args.block, args.iters // 4),
+            args.block,
+        )
         peaks = {v: peak_memory(models[v], batches[0], args.device) for v in variants}
         reference = variants[0]
         for variant in variants:
-            print(f"{arch:<12}{variant:<12}{1 / train_time[variant]:>11.3f}"
-                  f"{train_time[reference] / train_time[variant]:>7.3f}"
-                  f"{images_per_batch / infer_time[variant]:>12.2f}"
-                  f"{infer_time[reference] / infer_time[variant]:>7.3f}"
-                  f"{peaks[variant] / 2**20:>10.0f}{peaks[variant] / peaks[reference]:>7.3f}")
+            print(
+                f"{arch:<12}{variant:<12}{1 / train_time[variant]:>11.3f}"
+                f"{train_time[reference] / train_time[variant]:>7.3f}"
+                f"{images_per_batch / infer_time[variant]:>12.2f}"
+                f"{infer_time[reference] / infer_time[variant]:>7.3f}"
+                f"{peaks[variant] / 2**20:>10.0f}{peaks[variant] / peaks[reference]:>7.3f}"
+            )
 
 
 if __name__ == "__main__":

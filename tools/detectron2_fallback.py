@@ -5,6 +5,7 @@ old torch, it cannot load here and must not shadow a clear "compiled op missing"
 Usage: python tools/detectron2_fallback.py {kind|describe|strip-compiled}
 Standard library only: it runs before the project is importable.
 """
+
 import glob
 import importlib.util
 import json

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Figures and a table from one or more evaluated runs (CorrelationEvaluator's JSON files).
 
-    python tools/plot_correlation.py output/demo/baseline output/demo/corr_loss --labels baseline corr
+    python tools/plot_correlation.py output/demo/baseline output/demo/corr_loss \
+        --labels baseline corr
     python tools/plot_correlation.py run_a/inference/shapes_val/correlation_evaluation.json ...
 
 Each RUN is a training output folder (searched for its one correlation_evaluation.json) or the
@@ -9,6 +10,7 @@ file itself. Writes into --output-dir: score_vs_iou_density.png (true positives,
 run), class_level_rho.png (per-class ρ bars), ap_bounds.png (AP with its lower/upper bounds),
 comparison.md and comparison.csv (the evaluator's numbers).
 """
+
 import argparse
 import sys
 
@@ -17,7 +19,9 @@ from corrloss_d2.evaluation.report import default_labels, load_run, write_figure
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="evaluated run folders or JSON files")
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN", help="evaluated run folders or JSON files"
+    )
     parser.add_argument("--labels", nargs="+", help="one name per RUN (default: folder names)")
     parser.add_argument("--output-dir", default="output/correlation_report")
     args = parser.parse_args(argv)

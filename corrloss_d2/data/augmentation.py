@@ -1,17 +1,21 @@
 """Train-time augmentation choices (INPUT.TRAIN_AUGMENTATION), and the train and test mappers:
 detectron2's DatasetMapper, whose unreadable images raise an error naming the file."""
+
 from typing import List, Sequence
 
 import numpy as np
-
-from detectron2.data import DatasetMapper
-from detectron2.data import detection_utils
+from detectron2.data import DatasetMapper, detection_utils
 from detectron2.data import transforms as T
 
 from ..errors import ImageReadError
 
-__all__ = ["CheckedDatasetMapper", "RandomChoiceOfAugmentations", "build_train_augmentation",
-           "build_train_mapper", "build_test_mapper"]
+__all__ = [
+    "CheckedDatasetMapper",
+    "RandomChoiceOfAugmentations",
+    "build_train_augmentation",
+    "build_train_mapper",
+    "build_test_mapper",
+]
 
 # Sparse R-CNN (after DETR) resizes to one of these shorter sides before its random crop.
 CROP_PRE_RESIZE_SHORT_EDGES = (400, 500, 600)
@@ -39,8 +43,10 @@ def build_train_augmentation(cfg) -> List[T.Augmentation]:
     if cfg.INPUT.TRAIN_AUGMENTATION == "detectron2":
         return DatasetMapper.from_config(cfg, is_train=True)["augmentations"]
     resize, *flips = detection_utils.build_augmentation(cfg, is_train=True)
-    crop = [T.ResizeShortestEdge(CROP_PRE_RESIZE_SHORT_EDGES, sample_style="choice"),
-            T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE)]
+    crop = [
+        T.ResizeShortestEdge(CROP_PRE_RESIZE_SHORT_EDGES, sample_style="choice"),
+        T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE),
+    ]
     return [RandomChoiceOfAugmentations([[resize], crop + [resize]]), *flips]
 
 
@@ -57,14 +63,19 @@ class CheckedDatasetMapper(DatasetMapper):
                 f"cannot read image {dataset_dict.get('file_name')!r} (image_id "
                 f"{dataset_dict.get('image_id')!r}): {type(error).__name__}: {error}. Replace it "
                 "with a readable image, or remove the image and its annotations from the "
-                "dataset's annotation file") from error
+                "dataset's annotation file"
+            ) from error
 
 
 def build_train_mapper(cfg) -> CheckedDatasetMapper:
     """detectron2's train DatasetMapper with :func:`build_train_augmentation`, naming unreadable
     images (:class:`CheckedDatasetMapper`)."""
-    return CheckedDatasetMapper(**{**DatasetMapper.from_config(cfg, is_train=True),
-                                   "augmentations": build_train_augmentation(cfg)})
+    return CheckedDatasetMapper(
+        **{
+            **DatasetMapper.from_config(cfg, is_train=True),
+            "augmentations": build_train_augmentation(cfg),
+        }
+    )
 
 
 def build_test_mapper(cfg) -> CheckedDatasetMapper:

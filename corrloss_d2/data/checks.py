@@ -10,11 +10,16 @@ data loaders ``train_net.py`` builds with them. Use them from your own trainer t
         def build_test_loader(cls, cfg, dataset_name):
             return build_checked_test_loader(cfg, dataset_name)
 """
+
 import os
 from typing import Dict, List, Optional, Sequence
 
-from detectron2.data import (DatasetCatalog, MetadataCatalog, build_detection_test_loader,
-                             build_detection_train_loader)
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, RetinaNet
 from detectron2.modeling.meta_arch.fcos import FCOS
 
@@ -22,17 +27,23 @@ from ..errors import DatasetError
 from .coco_json import check_coco_json, read_coco_json
 from .datasets import COCO_DATASETS_ENV
 
-__all__ = ["num_classes_key", "check_datasets", "build_checked_train_loader",
-           "build_checked_test_loader"]
+__all__ = [
+    "num_classes_key",
+    "check_datasets",
+    "build_checked_train_loader",
+    "build_checked_test_loader",
+]
 
 # Annotation files checked for evaluation already: (path, modification time).
 _EVALUATION_JSONS_CHECKED = set()
 
 
 # detectron2's own meta-architectures, which cannot declare NUM_CLASSES_KEY themselves.
-_DETECTRON2_NUM_CLASSES_KEYS = ((FCOS, "MODEL.FCOS.NUM_CLASSES"),
-                                (RetinaNet, "MODEL.RETINANET.NUM_CLASSES"),
-                                (GeneralizedRCNN, "MODEL.ROI_HEADS.NUM_CLASSES"))
+_DETECTRON2_NUM_CLASSES_KEYS = (
+    (FCOS, "MODEL.FCOS.NUM_CLASSES"),
+    (RetinaNet, "MODEL.RETINANET.NUM_CLASSES"),
+    (GeneralizedRCNN, "MODEL.ROI_HEADS.NUM_CLASSES"),
+)
 
 
 def num_classes_key(meta_architecture: str) -> Optional[str]:
@@ -59,9 +70,17 @@ def _config_value(cfg, key: str):
 
 
 def _roles(cfg, name: str) -> str:
-    return " and ".join(key for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN),
-                                               ("DATASETS.TEST", cfg.DATASETS.TEST))
-                        if name in names) or "evaluation"
+    return (
+        " and ".join(
+            key
+            for key, names in (
+                ("DATASETS.TRAIN", cfg.DATASETS.TRAIN),
+                ("DATASETS.TEST", cfg.DATASETS.TEST),
+            )
+            if name in names
+        )
+        or "evaluation"
+    )
 
 
 def _thing_classes(name: str) -> Optional[List[str]]:
@@ -73,18 +92,22 @@ def _thing_classes(name: str) -> Optional[List[str]]:
 
 def _class_problem(cfg, name: str, key: Optional[str]) -> Optional[str]:
     if name not in DatasetCatalog.list():
-        return (f"dataset {name!r} ({_roles(cfg, name)}) is not registered; register it first "
-                "(detectron2.data.datasets.register_coco_instances, or "
-                f"${COCO_DATASETS_ENV}=name=annotations.json:image_folder). Registered: "
-                f"{', '.join(sorted(DatasetCatalog.list()))}")
+        return (
+            f"dataset {name!r} ({_roles(cfg, name)}) is not registered; register it first "
+            "(detectron2.data.datasets.register_coco_instances, or "
+            f"${COCO_DATASETS_ENV}=name=annotations.json:image_folder). Registered: "
+            f"{', '.join(sorted(DatasetCatalog.list()))}"
+        )
     classes = _thing_classes(name) if key else None
     num_classes = _config_value(cfg, key) if key else None
     if classes is None or len(classes) == num_classes:
         return None
     shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
-    return (f"dataset {name!r} ({_roles(cfg, name)}) has {len(classes)} classes ({shown}) but "
-            f"{cfg.MODEL.META_ARCHITECTURE} has {key} = {num_classes}: set {key} {len(classes)} "
-            f"(config file or command line), or use a dataset of {num_classes} class(es)")
+    return (
+        f"dataset {name!r} ({_roles(cfg, name)}) has {len(classes)} classes ({shown}) but "
+        f"{cfg.MODEL.META_ARCHITECTURE} has {key} = {num_classes}: set {key} {len(classes)} "
+        f"(config file or command line), or use a dataset of {num_classes} class(es)"
+    )
 
 
 def _check_evaluation_fields(name: str) -> None:
@@ -125,15 +148,21 @@ def _raise_if_nothing_to_train_on(cfg) -> None:
     loaded = {name: DatasetCatalog.get(name) for name in cfg.DATASETS.TRAIN}
     empty = [name for name, dicts in loaded.items() if not dicts]
     if empty:
-        raise DatasetError(f"DATASETS.TRAIN dataset(s) {', '.join(map(repr, empty))} have no "
-                           "image; check the annotation file or folder they are registered with")
+        raise DatasetError(
+            f"DATASETS.TRAIN dataset(s) {', '.join(map(repr, empty))} have no "
+            "image; check the annotation file or folder they are registered with"
+        )
     filter_empty = cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
     if filter_empty and not any(_images_to_train_on(dicts) for dicts in loaded.values()):
-        found = ", ".join(f"{name!r}: {len(dicts)} images, none with a (non-crowd) box"
-                          for name, dicts in loaded.items())
-        raise DatasetError(f"DATASETS.TRAIN has no image to train on ({found}); training skips "
-                           "images without boxes (DATALOADER.FILTER_EMPTY_ANNOTATIONS True). Add "
-                           "the boxes to the annotation file, or train on another dataset")
+        found = ", ".join(
+            f"{name!r}: {len(dicts)} images, none with a (non-crowd) box"
+            for name, dicts in loaded.items()
+        )
+        raise DatasetError(
+            f"DATASETS.TRAIN has no image to train on ({found}); training skips "
+            "images without boxes (DATALOADER.FILTER_EMPTY_ANNOTATIONS True). Add "
+            "the boxes to the annotation file, or train on another dataset"
+        )
 
 
 def build_checked_train_loader(cfg, mapper=None, **kwargs):

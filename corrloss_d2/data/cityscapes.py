@@ -17,23 +17,30 @@ evaluation ignores detections of that class inside them and training drops them,
 ignores predictions of the class that fall on the group. caravan and trailer (``ignoreInEval``)
 and every other label are left out.
 """
+
 import glob
 import logging
 import os
 from typing import List, Optional
 
 import numpy as np
-from scipy import ndimage
-
 from cityscapesscripts.helpers.annotation import Annotation
 from cityscapesscripts.helpers.labels import labels
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
+from scipy import ndimage
 
-__all__ = ["CITYSCAPES_DETECTION_SPLITS", "CITYSCAPES_EVALUATOR_TYPE", "CITYSCAPES_THING_CLASSES",
-           "cityscapes_gt_file", "instance_annotations", "load_cityscapes_detection",
-           "register_cityscapes_detection", "register_cityscapes_detection_splits"]
+__all__ = [
+    "CITYSCAPES_DETECTION_SPLITS",
+    "CITYSCAPES_EVALUATOR_TYPE",
+    "CITYSCAPES_THING_CLASSES",
+    "cityscapes_gt_file",
+    "instance_annotations",
+    "load_cityscapes_detection",
+    "register_cityscapes_detection",
+    "register_cityscapes_detection_splits",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +94,14 @@ def instance_annotations(instance_ids: np.ndarray) -> List[dict]:
         category = _CATEGORY_OF_LABEL_ID.get(value if is_group else value // _INSTANCE_ID_OFFSET)
         if category is None:
             continue
-        annotations.append({"bbox": [cols.start, rows.start, cols.stop, rows.stop],
-                            "bbox_mode": BoxMode.XYXY_ABS, "category_id": category,
-                            "iscrowd": int(is_group)})
+        annotations.append(
+            {
+                "bbox": [cols.start, rows.start, cols.stop, rows.stop],
+                "bbox_mode": BoxMode.XYXY_ABS,
+                "category_id": category,
+                "iscrowd": int(is_group),
+            }
+        )
     return annotations
 
 
@@ -98,9 +110,11 @@ def _read_polygons(json_file: str) -> Annotation:
     try:
         annotation.fromJsonFile(json_file)
     except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise ValueError(f"{json_file} is not a Cityscapes polygon annotation (imgHeight, "
-                         "imgWidth, objects with label and polygon): "
-                         f"{type(e).__name__}: {e}") from e
+        raise ValueError(
+            f"{json_file} is not a Cityscapes polygon annotation (imgHeight, "
+            "imgWidth, objects with label and polygon): "
+            f"{type(e).__name__}: {e}"
+        ) from e
     return annotation
 
 
@@ -108,8 +122,9 @@ def _render_instance_ids(annotation: Annotation, json_file: str) -> np.ndarray:
     try:
         return np.asarray(createInstanceImage(annotation, "ids"))
     except SystemExit:  # the toolkit prints the reason (e.g. an unknown label) and exits
-        raise ValueError(f"the Cityscapes toolkit could not render {json_file}; its message is "
-                         "printed above") from None
+        raise ValueError(
+            f"the Cityscapes toolkit could not render {json_file}; its message is printed above"
+        ) from None
 
 
 def load_cityscapes_detection(image_dir: str, gt_dir: str) -> List[dict]:
@@ -130,18 +145,27 @@ def load_cityscapes_detection(image_dir: str, gt_dir: str) -> List[dict]:
             f"no Cityscapes images match {os.path.abspath(pattern)}. Expected "
             "leftImg8bit/<split>/<city>/*_leftImg8bit.png and "
             "gtFine/<split>/<city>/*_gtFine_polygons.json under the "
-            "cityscapes folder of $DETECTRON2_DATASETS (default ./datasets).")
+            "cityscapes folder of $DETECTRON2_DATASETS (default ./datasets)."
+        )
     dataset_dicts = []
     for image_id, image_file in enumerate(image_files):
         json_file = cityscapes_gt_file(gt_dir, image_file, "gtFine_polygons.json")
         if not os.path.isfile(json_file):
-            raise FileNotFoundError(f"{image_file} has no annotation: expected {json_file} "
-                                    "(the gtFine package, beside leftImg8bit).")
+            raise FileNotFoundError(
+                f"{image_file} has no annotation: expected {json_file} "
+                "(the gtFine package, beside leftImg8bit)."
+            )
         annotation = _read_polygons(json_file)
         instance_ids = _render_instance_ids(annotation, json_file)
-        dataset_dicts.append({"file_name": image_file, "image_id": image_id,
-                              "height": annotation.imgHeight, "width": annotation.imgWidth,
-                              "annotations": instance_annotations(instance_ids)})
+        dataset_dicts.append(
+            {
+                "file_name": image_file,
+                "image_id": image_id,
+                "height": annotation.imgHeight,
+                "width": annotation.imgWidth,
+                "annotations": instance_annotations(instance_ids),
+            }
+        )
     logger.info(f"Loaded {len(dataset_dicts)} Cityscapes images from {image_dir}")
     return dataset_dicts
 
@@ -154,8 +178,12 @@ def register_cityscapes_detection(name: str, image_dir: str, gt_dir: str) -> Non
     """
     image_dir, gt_dir = str(image_dir), str(gt_dir)
     DatasetCatalog.register(name, lambda: load_cityscapes_detection(image_dir, gt_dir))
-    MetadataCatalog.get(name).set(thing_classes=list(CITYSCAPES_THING_CLASSES), image_dir=image_dir,
-                                  gt_dir=gt_dir, evaluator_type=CITYSCAPES_EVALUATOR_TYPE)
+    MetadataCatalog.get(name).set(
+        thing_classes=list(CITYSCAPES_THING_CLASSES),
+        image_dir=image_dir,
+        gt_dir=gt_dir,
+        evaluator_type=CITYSCAPES_EVALUATOR_TYPE,
+    )
 
 
 def register_cityscapes_detection_splits(root: Optional[str] = None) -> None:
@@ -167,5 +195,8 @@ def register_cityscapes_detection_splits(root: Optional[str] = None) -> None:
     cityscapes = os.path.join(os.path.expanduser(root), "cityscapes")
     for name, split in CITYSCAPES_DETECTION_SPLITS.items():
         if name not in DatasetCatalog.list():
-            register_cityscapes_detection(name, os.path.join(cityscapes, "leftImg8bit", split),
-                                          os.path.join(cityscapes, "gtFine", split))
+            register_cityscapes_detection(
+                name,
+                os.path.join(cityscapes, "leftImg8bit", split),
+                os.path.join(cityscapes, "gtFine", split),
+            )

@@ -6,6 +6,7 @@ each bad entry and field, where detectron2's ``load_coco_json`` would fail with 
 let a box-less annotation through to fail later inside the data loader. Boxes with zero width or
 height are dropped, with a logged count. The file is parsed twice (here and by pycocotools).
 """
+
 import json
 import logging
 from pathlib import Path
@@ -69,9 +70,12 @@ class _Problems:
         more = f"\n  ... and {unlisted} more" if unlisted else ""
         raise DatasetError(
             f"{self.json_file} is not a valid COCO detection annotation file; fix these "
-            f"{self.count} problem(s) in it:\n  " + "\n  ".join(self.listed) + more +
-            "\n(each image needs id, file_name, height, width; each annotation id, image_id, "
-            "category_id and bbox [x, y, width, height]; each category id and name)")
+            f"{self.count} problem(s) in it:\n  "
+            + "\n  ".join(self.listed)
+            + more
+            + "\n(each image needs id, file_name, height, width; each annotation id, image_id, "
+            "category_id and bbox [x, y, width, height]; each category id and name)"
+        )
 
 
 def _named(kind: str, index: int, entry) -> str:
@@ -116,8 +120,11 @@ def check_coco_json(data, json_file: Path, for_evaluation: bool = False) -> List
     or height."""
     problems = _Problems(json_file)
     if not isinstance(data, dict):
-        problems.add("top level", f"is a {type(data).__name__}, not an object with 'images', "
-                                  "'annotations' and 'categories'")
+        problems.add(
+            "top level",
+            f"is a {type(data).__name__}, not an object with 'images', "
+            "'annotations' and 'categories'",
+        )
         problems.raise_if_any()
     for kind in ("images", "categories", "annotations"):
         if kind not in data and kind != "annotations":  # no annotations: images without boxes
@@ -129,8 +136,12 @@ def check_coco_json(data, json_file: Path, for_evaluation: bool = False) -> List
     categories = _entries(problems, data, "categories")
     category_ids = _unique_ids(problems, "categories", categories)
     for index, category in categories:
-        problems.field(_named("categories", index, category), category, "name",
-                       lambda v: isinstance(v, str) and v != "")
+        problems.field(
+            _named("categories", index, category),
+            category,
+            "name",
+            lambda v: isinstance(v, str) and v != "",
+        )
     images = _entries(problems, data, "images")
     image_ids = _unique_ids(problems, "images", images)
     for index, image in images:
@@ -139,8 +150,11 @@ def check_coco_json(data, json_file: Path, for_evaluation: bool = False) -> List
         for key in ("height", "width"):
             problems.field(where, image, key, lambda v: is_number(v) and v > 0)
     if not images and not problems.count:
-        problems.add("images", "the list is empty, the dataset has no image; give the file that "
-                               "lists the dataset's images")
+        problems.add(
+            "images",
+            "the list is empty, the dataset has no image; give the file that "
+            "lists the dataset's images",
+        )
 
     degenerate = []
     annotations = _entries(problems, data, "annotations")
@@ -149,16 +163,25 @@ def check_coco_json(data, json_file: Path, for_evaluation: bool = False) -> List
         where = _named("annotations", index, annotation)
         problems.field(where, annotation, "image_id", lambda v: _is_id(v) and v in image_ids)
         problems.field(where, annotation, "category_id", lambda v: _is_id(v) and v in category_ids)
-        for key, ok in (("iscrowd", lambda v: v in (0, 1)),
-                        ("area", lambda v: is_number(v) and v >= 0)):
+        for key, ok in (
+            ("iscrowd", lambda v: v in (0, 1)),
+            ("area", lambda v: is_number(v) and v >= 0),
+        ):
             if key in annotation or for_evaluation:
                 problems.field(where, annotation, key, ok)
-        if problems.field(where, annotation, "bbox", lambda v: isinstance(v, (list, tuple))
-                          and len(v) == 4 and all(is_number(x) for x in v)):
+        if problems.field(
+            where,
+            annotation,
+            "bbox",
+            lambda v: isinstance(v, (list, tuple)) and len(v) == 4 and all(is_number(x) for x in v),
+        ):
             width, height = annotation["bbox"][2:]
             if width < 0 or height < 0:
-                problems.add(where, f"'bbox' = {annotation['bbox']!r} has a negative width or "
-                                    "height (COCO boxes are [x, y, width, height], not corners)")
+                problems.add(
+                    where,
+                    f"'bbox' = {annotation['bbox']!r} has a negative width or "
+                    "height (COCO boxes are [x, y, width, height], not corners)",
+                )
             elif width == 0 or height == 0:
                 degenerate.append(annotation.get("id"))
     problems.raise_if_any()
@@ -171,21 +194,29 @@ def read_coco_json(json_file: Path):
         with open(json_file, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as error:
-        raise DatasetError(f"{json_file} is not valid JSON ({error}); fix or regenerate the "
-                           "annotation file") from error
+        raise DatasetError(
+            f"{json_file} is not valid JSON ({error}); fix or regenerate the annotation file"
+        ) from error
     except UnicodeDecodeError as error:
-        raise DatasetError(f"{json_file} is not a UTF-8 text file ({error}); give the COCO-format "
-                           "annotation json") from error
+        raise DatasetError(
+            f"{json_file} is not a UTF-8 text file ({error}); give the COCO-format annotation json"
+        ) from error
 
 
 def _drop_degenerate_boxes(dicts: List[Dict], name: str, json_file: Path, ids: List) -> None:
     for record in dicts:
-        record["annotations"] = [a for a in record.get("annotations", [])
-                                 if a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        record["annotations"] = [
+            a for a in record.get("annotations", []) if a["bbox"][2] > 0 and a["bbox"][3] > 0
+        ]
     shown = ", ".join(map(repr, ids[:MAX_LISTED_PROBLEMS]))
-    logger.warning("Dataset %r: ignoring %d box(es) with zero width or height in %s "
-                   "(annotation ids %s%s)", name, len(ids), json_file, shown,
-                   ", ..." if len(ids) > MAX_LISTED_PROBLEMS else "")
+    logger.warning(
+        "Dataset %r: ignoring %d box(es) with zero width or height in %s (annotation ids %s%s)",
+        name,
+        len(ids),
+        json_file,
+        shown,
+        ", ..." if len(ids) > MAX_LISTED_PROBLEMS else "",
+    )
 
 
 def load_checked_coco_json(json_file, image_root, dataset_name: Optional[str] = None) -> List[Dict]:

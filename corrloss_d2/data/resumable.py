@@ -7,15 +7,15 @@ without repeating or skipping a sample. Each sample's random augmentation is dra
 generator seeded by (seed, process, position), so it does not depend on which worker maps it or
 when, and batches are formed in the main process, so they do not depend on the workers either.
 """
+
 import itertools
 import logging
 import random
 import uuid
 
+import detectron2.utils.comm as comm
 import numpy as np
 import torch
-
-import detectron2.utils.comm as comm
 from detectron2.data.common import AspectRatioGroupedDataset, ToIterableDataset
 from detectron2.data.samplers import TrainingSampler
 
@@ -53,8 +53,12 @@ class _StreamSampler(TrainingSampler):
         self.start, self.skip, self.token = 0, frozenset(), uuid.uuid4().hex
 
     def __iter__(self):
-        stream = itertools.islice(self._infinite_indices(),
-                                  self._rank + self.start * self._world_size, None, self._world_size)
+        stream = itertools.islice(
+            self._infinite_indices(),
+            self._rank + self.start * self._world_size,
+            None,
+            self._world_size,
+        )
         for position, index in zip(itertools.count(self.start), stream):
             if position not in self.skip:
                 _YIELDED_POSITIONS[self.token] = position
@@ -86,8 +90,8 @@ class _PositionSeededMapper:
 
 
 class ResumableTrainLoader:
-    """Wraps ``build_loader(sampler=..., mapper=..., total_batch_size=..., aspect_ratio_grouping=...)``
-    (a detectron2 train loader builder) so that its sample stream can be saved and continued; a
+    """Wraps ``build_loader(sampler=, mapper=, total_batch_size=, aspect_ratio_grouping=)`` (a
+    detectron2 train loader builder) so that its sample stream can be saved and continued; a
     checkpointable (``state_dict``).
 
     The loader's workers deliver single samples in stream order (they take turns one sample at a
@@ -97,14 +101,17 @@ class ResumableTrainLoader:
     and not on a resume (detectron2 batches inside each worker, from chunks of the stream that a
     resume would cut differently; samples in another order sum the losses in another order)."""
 
-    def __init__(self, build_loader, mapper, seed: int, *, batch_size: int,
-                 aspect_ratio_grouping: bool):
+    def __init__(
+        self, build_loader, mapper, seed: int, *, batch_size: int, aspect_ratio_grouping: bool
+    ):
         self.sampler = _StreamSampler(1, seed)  # its size is the dataset's, known once built
         self.batch_size, self.aspect_ratio_grouping = batch_size, aspect_ratio_grouping
-        self.loader = build_loader(sampler=self.sampler,
-                                   mapper=_PositionSeededMapper(mapper, self.sampler),
-                                   total_batch_size=comm.get_world_size(),
-                                   aspect_ratio_grouping=False)
+        self.loader = build_loader(
+            sampler=self.sampler,
+            mapper=_PositionSeededMapper(mapper, self.sampler),
+            total_batch_size=comm.get_world_size(),
+            aspect_ratio_grouping=False,
+        )
         inner = self.loader
         while not isinstance(inner, ToIterableDataset):
             inner = inner.dataset
@@ -141,14 +148,19 @@ class ResumableTrainLoader:
         return self.next_position, sorted(self.consumed)
 
     def state_dict(self):
-        return {"seed": self.sampler._seed,
-                "processes": self.all_processes or [self.process_state()]}
+        return {
+            "seed": self.sampler._seed,
+            "processes": self.all_processes or [self.process_state()],
+        }
 
     def load_state_dict(self, state):
         if len(state["processes"]) != comm.get_world_size():
-            logger.warning("The checkpoint's train stream is of %d processes, this run has %d: "
-                           "the sample stream starts again.", len(state["processes"]),
-                           comm.get_world_size())
+            logger.warning(
+                "The checkpoint's train stream is of %d processes, this run has %d: "
+                "the sample stream starts again.",
+                len(state["processes"]),
+                comm.get_world_size(),
+            )
             return
         self.sampler._seed = state["seed"]
         self.next_position, consumed = state["processes"][comm.get_rank()]

@@ -20,6 +20,7 @@ is shaped like detection so that localisation quality varies between detections,
 held-out split is large (600 images, 3314 boxes; train: 1500 images, 8041 boxes) so that the
 correlation measures are stable, which the raccoon split (44 boxes) is not.
 """
+
 import colorsys
 import hashlib
 import json
@@ -32,8 +33,14 @@ from typing import Dict, List
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPES_CLASSES", "SHAPES_SPLITS", "CACHE_DIR_ENV", "cache_dir", "generate_split",
-           "ensure_shapes_dataset"]
+__all__ = [
+    "SHAPES_CLASSES",
+    "SHAPES_SPLITS",
+    "CACHE_DIR_ENV",
+    "cache_dir",
+    "generate_split",
+    "ensure_shapes_dataset",
+]
 
 SHAPES_CLASSES = ("disk", "square", "triangle", "ring", "cross")
 # split -> (number of images, seed). The held-out split is large on purpose (module docstring).
@@ -70,8 +77,9 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return image
 
 
-def _shape_polygon(kind: int, center: np.ndarray, half_size: np.ndarray, angle: float,
-                   rng: np.random.Generator) -> np.ndarray:
+def _shape_polygon(
+    kind: int, center: np.ndarray, half_size: np.ndarray, angle: float, rng: np.random.Generator
+) -> np.ndarray:
     """(P, 2) outline of one object of class ``kind`` in pixel xy, rotated by ``angle``."""
     if kind in (0, 3):  # disk, ring: an ellipse
         t = np.linspace(0, 2 * np.pi, 40, endpoint=False)
@@ -82,8 +90,22 @@ def _shape_polygon(kind: int, center: np.ndarray, half_size: np.ndarray, angle: 
         unit = np.array([[-1, 1], [1, 1], [rng.uniform(-0.8, 0.8), -1]])
     else:  # cross: a plus sign whose arm width varies
         w = rng.uniform(0.25, 0.45)
-        unit = np.array([[-w, -1], [w, -1], [w, -w], [1, -w], [1, w], [w, w], [w, 1], [-w, 1],
-                         [-w, w], [-1, w], [-1, -w], [-w, -w]])
+        unit = np.array(
+            [
+                [-w, -1],
+                [w, -1],
+                [w, -w],
+                [1, -w],
+                [1, w],
+                [w, w],
+                [w, 1],
+                [-w, 1],
+                [-w, w],
+                [-1, w],
+                [-1, -w],
+                [-w, -w],
+            ]
+        )
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     return (unit * half_size) @ rotation.T + center
 
@@ -144,8 +166,11 @@ def _draw_image(rng: np.random.Generator):
         center = rng.uniform(0, 1, size=2) * IMAGE_SIZE  # large ones may be cut by the border
         angle = rng.uniform(0, 2 * np.pi) if kind != 0 else 0.0
         outline = _shape_polygon(kind, center, half_size, angle, rng)
-        hole = _shape_polygon(kind, center, half_size * rng.uniform(0.4, 0.65), angle, rng) \
-            if kind == 3 else None
+        hole = (
+            _shape_polygon(kind, center, half_size * rng.uniform(0.4, 0.65), angle, rng)
+            if kind == 3
+            else None
+        )
         mask = _mask(outline, hole)
         if mask.sum() < 12:
             continue
@@ -158,8 +183,9 @@ def _draw_image(rng: np.random.Generator):
         ys, xs = np.nonzero(owner == index)
         if len(ys) < MIN_VISIBLE_FRACTION * full_area:
             continue
-        annotations.append((kind, int(xs.min()), int(ys.min()), int(xs.max()) + 1,
-                            int(ys.max()) + 1, len(ys)))
+        annotations.append(
+            (kind, int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, len(ys))
+        )
     return np.clip(image, 0, 255).astype(np.uint8), annotations
 
 
@@ -176,12 +202,20 @@ def generate_split(folder: Path, split: str, num_images: int, seed: int) -> Path
         file_name = f"{split}_{image_index:05d}.jpg"
         Image.fromarray(image).save(image_folder / file_name, quality=92)
         image_id = image_index + 1
-        images.append({"id": image_id, "file_name": file_name, "height": IMAGE_SIZE,
-                       "width": IMAGE_SIZE})
+        images.append(
+            {"id": image_id, "file_name": file_name, "height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        )
         for kind, x0, y0, x1, y1, area in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": kind + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                                "area": area, "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": kind + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": area,
+                    "iscrowd": 0,
+                }
+            )
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(SHAPES_CLASSES)]
     json_file = folder / f"{split}.json"
     with open(json_file, "w") as f:
@@ -190,9 +224,17 @@ def generate_split(folder: Path, split: str, num_images: int, seed: int) -> Path
 
 
 def _cache_key() -> str:
-    recipe = json.dumps([GENERATOR_VERSION, IMAGE_SIZE, MIN_VISIBLE_FRACTION, OBJECT_SIZE_RANGE,
-                         SHAPES_CLASSES,
-                         SHAPES_SPLITS], sort_keys=True)
+    recipe = json.dumps(
+        [
+            GENERATOR_VERSION,
+            IMAGE_SIZE,
+            MIN_VISIBLE_FRACTION,
+            OBJECT_SIZE_RANGE,
+            SHAPES_CLASSES,
+            SHAPES_SPLITS,
+        ],
+        sort_keys=True,
+    )
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 

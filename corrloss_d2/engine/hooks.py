@@ -1,13 +1,13 @@
 """Trainer hooks for exact stop-and-resume: the random state in every checkpoint, and a clean
 stop on SIGTERM/SIGINT."""
+
 import logging
 import signal
 import sys
 
+import detectron2.utils.comm as comm
 import numpy as np
 import torch
-
-import detectron2.utils.comm as comm
 from detectron2.engine import HookBase
 
 from ..data.resumable import random_states, set_random_states
@@ -34,8 +34,11 @@ class RandomStateCheckpoint(HookBase):
     def state_dict(self):
         python, (name, keys, pos, has_gauss, gauss), torch_state = random_states()
         # numpy's key array as a tensor: torch.load(weights_only=True) reads no numpy arrays.
-        return {"python": python, "torch": torch_state,
-                "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+        return {
+            "python": python,
+            "torch": torch_state,
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        }
 
     def load_state_dict(self, state):
         self.loaded = state
@@ -45,9 +48,13 @@ class RandomStateCheckpoint(HookBase):
             return
         version, internal, gauss = self.loaded["python"]
         name, keys, pos, has_gauss, cached = self.loaded["numpy"]
-        set_random_states(((version, tuple(internal), gauss),
-                         (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached),
-                         self.loaded["torch"]))
+        set_random_states(
+            (
+                (version, tuple(internal), gauss),
+                (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached),
+                self.loaded["torch"],
+            )
+        )
         self.loaded = None
 
 
@@ -98,8 +105,10 @@ class StopOnSignal(HookBase):
         self.checkpointer.save(name, iteration=iteration)  # writes on the main process only
         comm.synchronize()
         message = INTERRUPTED_EXIT_MESSAGE.format(
-            signal=signal_name(received), iteration=iteration,
-            path=f"{self.checkpointer.save_dir}/{name}.pth")
+            signal=signal_name(received),
+            iteration=iteration,
+            path=f"{self.checkpointer.save_dir}/{name}.pth",
+        )
         if comm.is_main_process():
             print(message, file=sys.stderr, flush=True)
         comm.synchronize()  # a launcher ends every process once one has exited: print first

@@ -1,5 +1,6 @@
 """Launching ``train_net.py``'s processes: detectron2's ``launch`` with stop signals passed on to
 the training processes and input errors reported in one line, whichever process met them."""
+
 import contextlib
 import logging
 import re
@@ -25,10 +26,13 @@ def input_error_message(error: Exception) -> Optional[str]:
     that carries one with its traceback (a DataLoader worker's, another process's); None when
     there is none."""
     text = str(error)
-    named = [match for match in _NAMED_INPUT_ERROR.finditer(text)
-             if issubclass(getattr(errors, match.group(1), type(None)), InputError)]
+    named = [
+        match
+        for match in _NAMED_INPUT_ERROR.finditer(text)
+        if issubclass(getattr(errors, match.group(1), type(None)), InputError)
+    ]
     if named:
-        return text[named[-1].end():].strip()
+        return text[named[-1].end() :].strip()
     return text if isinstance(error, InputError) else None
 
 
@@ -45,8 +49,14 @@ def launch_main(main_func: Callable, args) -> None:
         # With more than one process this one only waits for the training processes.
         spawns = args.num_gpus * args.num_machines > 1
         with forward_stop_signals() if spawns else contextlib.nullcontext([]) as stop_signals:
-            launch(main_func, args.num_gpus, num_machines=args.num_machines,
-                   machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+            launch(
+                main_func,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(args,),
+            )
     except (InputError, ProcessRaisedException) as error:
         message = input_error_message(error)
         if message is None:
@@ -56,5 +66,8 @@ def launch_main(main_func: Callable, args) -> None:
         if not stop_signals:
             raise
         # The training processes stopped on the signal and said how to resume (exit status 1).
-        sys.exit(1 if error.exit_code == 1 else f"train_net.py: stopped by "
-                 f"{signal_name(stop_signals[0])} before training started")
+        sys.exit(
+            1
+            if error.exit_code == 1
+            else f"train_net.py: stopped by {signal_name(stop_signals[0])} before training started"
+        )

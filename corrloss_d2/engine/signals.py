@@ -1,13 +1,19 @@
 """Stop signals: their names in messages, and the launching process's forwarding of them to the
 training processes."""
+
 import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 
-__all__ = ["STOP_SIGNALS", "FORWARDED_STOP_SIGNAL", "INTERRUPTED_EXIT_MESSAGE", "signal_name",
-           "forward_stop_signals"]
+__all__ = [
+    "STOP_SIGNALS",
+    "FORWARDED_STOP_SIGNAL",
+    "INTERRUPTED_EXIT_MESSAGE",
+    "signal_name",
+    "forward_stop_signals",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -16,8 +22,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # itself, so that one that reaches them twice (Ctrl-C signals the whole process group, the
 # launcher forwards it) is not taken for the second signal that stops at once.
 FORWARDED_STOP_SIGNAL = signal.SIGUSR1
-INTERRUPTED_EXIT_MESSAGE = ("train_net.py: stopped by {signal} after iteration {iteration}; "
-                            "checkpoint {path}. Continue with the same command and --resume")
+INTERRUPTED_EXIT_MESSAGE = (
+    "train_net.py: stopped by {signal} after iteration {iteration}; "
+    "checkpoint {path}. Continue with the same command and --resume"
+)
 
 
 def signal_name(signum: int) -> str:
@@ -36,8 +44,9 @@ def forward_stop_signals():
 
     def forward(signum, frame):
         received.append(signum)
-        logger.warning("%s received: passed on to the training processes.",
-                       signal.Signals(signum).name)
+        logger.warning(
+            "%s received: passed on to the training processes.", signal.Signals(signum).name
+        )
         for child in multiprocessing.active_children():
             os.kill(child.pid, FORWARDED_STOP_SIGNAL)
 

@@ -1,5 +1,6 @@
 """corrloss_d2's trainer (detectron2's DefaultTrainer with this project's data, optimiser,
 evaluators and exact stop-and-resume) and the set-up and main function ``train_net.py`` runs."""
+
 import contextlib
 from typing import Type
 
@@ -61,8 +62,9 @@ class CorrLossTrainer(DefaultTrainer):
         else:
             self.checkpointer.checkpointables["train_stream"] = loader
         stop = StopOnSignal(self.checkpointer, loader)
-        at = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)),
-                  len(ret))
+        at = next(
+            (i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicCheckpointer)), len(ret)
+        )
         return [RandomStateCheckpoint(), *ret[:at], stop, *ret[at:]]
 
     @classmethod
@@ -81,13 +83,18 @@ class CorrLossTrainer(DefaultTrainer):
             return build_checked_train_loader(cfg, mapper=build_train_mapper(cfg))
         world_size = comm.get_world_size()
         if cfg.SOLVER.IMS_PER_BATCH % world_size:
-            raise ConfigError(f"cfg.SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} is not "
-                              f"divisible by the number of processes ({world_size}); give a "
-                              "multiple of it")
-        return ResumableTrainLoader(lambda **kwargs: build_checked_train_loader(cfg, **kwargs),
-                                    build_train_mapper(cfg), comm.shared_random_seed(),
-                                    batch_size=cfg.SOLVER.IMS_PER_BATCH // world_size,
-                                    aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING)
+            raise ConfigError(
+                f"cfg.SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} is not "
+                f"divisible by the number of processes ({world_size}); give a "
+                "multiple of it"
+            )
+        return ResumableTrainLoader(
+            lambda **kwargs: build_checked_train_loader(cfg, **kwargs),
+            build_train_mapper(cfg),
+            comm.shared_random_seed(),
+            batch_size=cfg.SOLVER.IMS_PER_BATCH // world_size,
+            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -111,7 +118,8 @@ def main(args, trainer_class: Type[DefaultTrainer] = CorrLossTrainer):
     if args.eval_only:
         model = trainer_class.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
         results = trainer_class.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

@@ -1,4 +1,5 @@
 """Evaluators for the datasets corrloss_d2 trains on, and the choice ``train_net.py`` makes."""
+
 import os
 from typing import Optional
 
@@ -7,14 +8,21 @@ from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 
 from ..data.cityscapes import CITYSCAPES_EVALUATOR_TYPE
 from .box import build_box_evaluator
-from .correlation import CorrelationEvaluator
 from .cityscapes import CityscapesInstanceLevelEvaluator, build_cityscapes_evaluator
+from .correlation import CorrelationEvaluator
 
-__all__ = ["CityscapesInstanceLevelEvaluator", "CorrelationEvaluator", "build_box_evaluator",
-           "build_cityscapes_evaluator", "build_evaluator"]
+__all__ = [
+    "CityscapesInstanceLevelEvaluator",
+    "CorrelationEvaluator",
+    "build_box_evaluator",
+    "build_cityscapes_evaluator",
+    "build_evaluator",
+]
 
 
-def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:
+def build_evaluator(
+    cfg, dataset_name: str, output_folder: Optional[str] = None
+) -> DatasetEvaluator:
     """What ``train_net.py``'s ``Trainer.build_evaluator`` returns for ``dataset_name``: box AP and
     the official instance-level evaluation for Cityscapes detection datasets, box AP otherwise;
     plus the correlation measures (:class:`CorrelationEvaluator`) unless
@@ -26,7 +34,9 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None)
     if not cfg.TEST.CORRELATION_EVAL.ENABLED:
         return evaluator
     correlation = CorrelationEvaluator(
-        dataset_name, output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
+        dataset_name,
+        output_dir=output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
         iou_threshold=cfg.TEST.CORRELATION_EVAL.IOU_THRESHOLD,
-        top_n=cfg.TEST.CORRELATION_EVAL.BR_RECALL_TOP_N)
+        top_n=cfg.TEST.CORRELATION_EVAL.BR_RECALL_TOP_N,
+    )
     return DatasetEvaluators([evaluator, correlation])

@@ -1,4 +1,5 @@
 """COCO-style box AP for the datasets corrloss_d2 trains on."""
+
 import os
 from typing import Optional
 
@@ -20,8 +21,9 @@ def inference_folder(cfg, dataset_name: str, output_folder: Optional[str] = None
     return output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
 
 
-def build_box_evaluator(cfg, dataset_name: str,
-                        output_folder: Optional[str] = None) -> DatasetEvaluator:
+def build_box_evaluator(
+    cfg, dataset_name: str, output_folder: Optional[str] = None
+) -> DatasetEvaluator:
     """COCO box AP for COCO-format datasets (``register_coco_instances`` and this package's) and
     Cityscapes detection datasets. Uses detectron2's fast evaluation only where its compiled ops
     exist (pycocotools otherwise)."""
@@ -32,9 +34,15 @@ def build_box_evaluator(cfg, dataset_name: str,
             f"supported evaluator types: {', '.join(BOX_AP_TYPES)}. Register COCO-format data "
             "with detectron2.data.datasets.register_coco_instances; for Cityscapes use "
             "cityscapes_fine_detection_{train,val} (detectron2's own Cityscapes loader fails on "
-            "its main branch).")
+            "its main branch)."
+        )
     # Datasets without a COCO json are converted into the output folder: convert them afresh
     # rather than reuse a json a previous run left there, which may describe other data.
-    return COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True,
-                         output_dir=inference_folder(cfg, dataset_name, output_folder),
-                         use_fast_impl=has_compiled_ops(), allow_cached_coco=False)
+    return COCOEvaluator(
+        dataset_name,
+        tasks=("bbox",),
+        distributed=True,
+        output_dir=inference_folder(cfg, dataset_name, output_folder),
+        use_fast_impl=has_compiled_ops(),
+        allow_cached_coco=False,
+    )

@@ -10,6 +10,7 @@ it calls. Each evaluation runs in a fresh temporary folder that holds the predic
 and ``matches.json``; numpy and the json writer are replaced in the toolkit module's namespace
 for the duration of the call only.
 """
+
 import copy
 import functools
 import itertools
@@ -23,20 +24,23 @@ from unittest import mock
 
 import numpy as np
 import pycocotools.mask as mask_util
-from PIL import Image
-
 from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as instance_level_eval
 from cityscapesscripts.helpers.labels import name2label
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
+from PIL import Image
 
 from ..data.cityscapes import cityscapes_gt_file
 from .box import build_box_evaluator, inference_folder
 
-__all__ = ["CityscapesInstanceLevelEvaluator", "box_filled_mask", "build_cityscapes_evaluator",
-           "run_instance_level_evaluation"]
+__all__ = [
+    "CityscapesInstanceLevelEvaluator",
+    "box_filled_mask",
+    "build_cityscapes_evaluator",
+    "run_instance_level_evaluation",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +73,12 @@ def _write_json(work_dir: str, data, file_name: str) -> None:
         json.dump(data, f, default=_to_json, sort_keys=True, indent=4)
 
 
-def run_instance_level_evaluation(prediction_files: Sequence[str], gt_files: Sequence[str],
-                                  work_dir: str, export_file: Optional[str] = None) -> dict:
+def run_instance_level_evaluation(
+    prediction_files: Sequence[str],
+    gt_files: Sequence[str],
+    work_dir: str,
+    export_file: Optional[str] = None,
+) -> dict:
     """Runs the toolkit's ``evaluateImgLists`` with its default parameters (overlaps 0.5:0.95,
     minimum region 100 pixels), on numpy 1.x and 2.x, writing only in ``work_dir`` and
     ``export_file``.
@@ -94,8 +102,11 @@ def run_instance_level_evaluation(prediction_files: Sequence[str], gt_files: Seq
     args.JSONOutput = export_file is not None
     args.exportFile = export_file
     args.quiet = True
-    with mock.patch.multiple(instance_level_eval, np=_NUMPY_WITH_IN1D,
-                             writeDict2JSON=functools.partial(_write_json, args.predictionPath)):
+    with mock.patch.multiple(
+        instance_level_eval,
+        np=_NUMPY_WITH_IN1D,
+        writeDict2JSON=functools.partial(_write_json, args.predictionPath),
+    ):
         return instance_level_eval.evaluateImgLists(list(prediction_files), list(gt_files), args)
 
 
@@ -141,12 +152,19 @@ class CityscapesInstanceLevelEvaluator(DatasetEvaluator):
         for input, output in zip(inputs, outputs):
             instances = output["instances"].to("cpu")
             label_ids = [self._label_ids[c] for c in instances.pred_classes.tolist()]
-            prediction = {"file_name": input["file_name"], "height": input["height"],
-                          "width": input["width"], "boxes": instances.pred_boxes.tensor.tolist(),
-                          "scores": instances.scores.tolist(), "label_ids": label_ids}
+            prediction = {
+                "file_name": input["file_name"],
+                "height": input["height"],
+                "width": input["width"],
+                "boxes": instances.pred_boxes.tensor.tolist(),
+                "scores": instances.scores.tolist(),
+                "label_ids": label_ids,
+            }
             if instances.has("pred_masks"):  # run-length encoded: a small record to gather
-                prediction["masks"] = [mask_util.encode(np.asfortranarray(m))
-                                       for m in instances.pred_masks.numpy().astype(np.uint8)]
+                prediction["masks"] = [
+                    mask_util.encode(np.asfortranarray(m))
+                    for m in instances.pred_masks.numpy().astype(np.uint8)
+                ]
             self._predictions.append(prediction)
 
     def evaluate(self):
@@ -159,19 +177,27 @@ class CityscapesInstanceLevelEvaluator(DatasetEvaluator):
             return {}
         use_masks = all("masks" in p for p in predictions)
         key = "cityscapes_official_" + ("mask" if use_masks else "boxmask")
-        gt_files = [cityscapes_gt_file(self._gt_dir, p["file_name"], "gtFine_instanceIds.png")
-                    for p in predictions]
+        gt_files = [
+            cityscapes_gt_file(self._gt_dir, p["file_name"], "gtFine_instanceIds.png")
+            for p in predictions
+        ]
         _check_ground_truth(gt_files, predictions)
         export_file = os.path.join(self._output_dir, key + ".json") if self._output_dir else None
         with tempfile.TemporaryDirectory(prefix="corrloss_cityscapes_eval_") as work_dir:
             prediction_files = [
                 _write_prediction(p, os.path.join(work_dir, f"image{i:06d}"), use_masks)
-                for i, p in enumerate(predictions)]
-            averages = run_instance_level_evaluation(prediction_files, gt_files, work_dir,
-                                                     export_file)["averages"]
+                for i, p in enumerate(predictions)
+            ]
+            averages = run_instance_level_evaluation(
+                prediction_files, gt_files, work_dir, export_file
+            )["averages"]
         metrics = {"AP": 100 * float(averages["allAp"]), "AP50": 100 * float(averages["allAp50%"])}
-        metrics.update({f"AP-{name}": 100 * float(class_averages["ap"])
-                        for name, class_averages in averages["classes"].items()})
+        metrics.update(
+            {
+                f"AP-{name}": 100 * float(class_averages["ap"])
+                for name, class_averages in averages["classes"].items()
+            }
+        )
         logger.info(f"Official Cityscapes instance-level evaluation ({key}): {metrics}")
         return {key: metrics}
 
@@ -183,7 +209,8 @@ def _check_ground_truth(gt_files: Sequence[str], predictions: Sequence[dict]) ->
         raise FileNotFoundError(
             f"the official Cityscapes evaluation needs *_gtFine_instanceIds.png beside the "
             f"polygons; {len(missing)} are missing, e.g. {missing[0]}. They come with the "
-            "gtFine package of the Cityscapes download.")
+            "gtFine package of the Cityscapes download."
+        )
     for gt_file, prediction in zip(gt_files, predictions):
         with Image.open(gt_file) as gt_image:  # reads the header only
             if gt_image.size != (prediction["width"], prediction["height"]):
@@ -191,14 +218,17 @@ def _check_ground_truth(gt_files: Sequence[str], predictions: Sequence[dict]) ->
                     f"{prediction['file_name']} was evaluated at height x width "
                     f"{prediction['height']} x {prediction['width']}, its ground truth "
                     f"{gt_file} is {gt_image.height} x {gt_image.width}: pass the original "
-                    "image size as the input's height and width.")
+                    "image size as the input's height and width."
+                )
 
 
 def _instance_masks(prediction: dict, use_masks: bool) -> Iterator[np.ndarray]:
     if use_masks:
         return (mask_util.decode(rle) for rle in prediction["masks"])
-    return (box_filled_mask(box, prediction["height"], prediction["width"])
-            for box in prediction["boxes"])
+    return (
+        box_filled_mask(box, prediction["height"], prediction["width"])
+        for box in prediction["boxes"]
+    )
 
 
 def _write_prediction(prediction: dict, prefix: str, use_masks: bool) -> str:
@@ -208,7 +238,8 @@ def _write_prediction(prediction: dict, prefix: str, use_masks: bool) -> str:
     lines = []
     masks = _instance_masks(prediction, use_masks)
     for k, (mask, label_id, score) in enumerate(
-            zip(masks, prediction["label_ids"], prediction["scores"])):
+        zip(masks, prediction["label_ids"], prediction["scores"])
+    ):
         mask_file = f"{prefix}_{k}.png"
         Image.fromarray(mask * 255).save(mask_file)
         lines.append(f"{os.path.basename(mask_file)} {label_id} {score}\n")
@@ -217,8 +248,9 @@ def _write_prediction(prediction: dict, prefix: str, use_masks: bool) -> str:
     return prefix + ".txt"
 
 
-def build_cityscapes_evaluator(cfg, dataset_name: str,
-                               output_folder: Optional[str] = None) -> DatasetEvaluators:
+def build_cityscapes_evaluator(
+    cfg, dataset_name: str, output_folder: Optional[str] = None
+) -> DatasetEvaluators:
     """COCO-style box AP over the 8 classes (results key ``bbox``) and the official instance-level
     evaluation (``cityscapes_official_mask`` or ``cityscapes_official_boxmask``)."""
     output_folder = inference_folder(cfg, dataset_name, output_folder)
@@ -226,7 +258,12 @@ def build_cityscapes_evaluator(cfg, dataset_name: str,
     # stays in the metadata): convert again for every evaluator so changed ground truth is seen.
     metadata = MetadataCatalog.get(dataset_name)
     metadata.json_file = metadata.get("json_file", None) or os.path.join(
-        output_folder, f"{dataset_name}_coco_format.json")
+        output_folder, f"{dataset_name}_coco_format.json"
+    )
     convert_to_coco_json(dataset_name, metadata.json_file, allow_cached=False)
-    return DatasetEvaluators([build_box_evaluator(cfg, dataset_name, output_folder),
-                              CityscapesInstanceLevelEvaluator(dataset_name, output_folder)])
+    return DatasetEvaluators(
+        [
+            build_box_evaluator(cfg, dataset_name, output_folder),
+            CityscapesInstanceLevelEvaluator(dataset_name, output_folder),
+        ]
+    )

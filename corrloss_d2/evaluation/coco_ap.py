@@ -4,6 +4,7 @@ detectron2's compiled evaluation (``COCOeval_opt``) where its ops exist, otherwi
 ``faster-coco-eval`` package (C++ matching and accumulation; same AP as pycocotools, tested).
 Plain pycocotools takes several times longer (README, "Correlation evaluation").
 """
+
 import contextlib
 import io
 import math
@@ -15,7 +16,7 @@ __all__ = ["coco_backend_name", "load_coco", "coco_box_ap"]
 
 
 def coco_backend_name() -> str:
-    """"detectron2" (compiled COCOeval_opt) or "faster_coco_eval"."""
+    """ "detectron2" (compiled COCOeval_opt) or "faster_coco_eval"."""
     return "detectron2" if has_compiled_ops() else "faster_coco_eval"
 
 

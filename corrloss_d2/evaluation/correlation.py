@@ -5,6 +5,7 @@ return), classes contiguous 0..K-1, IoU thresholds and COCO matching as pycocoto
 (non-crowd ground truths only can make a true positive), correlations are Spearman's ρ in [-1, 1]
 (scipy), AP on detectron2's 0-100 scale.
 """
+
 import itertools
 import json
 import logging
@@ -12,21 +13,26 @@ import os
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-from scipy.stats import spearmanr
-from tabulate import tabulate
-
 import detectron2.utils.comm as comm
+import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils.file_io import PathManager
+from scipy.stats import spearmanr
+from tabulate import tabulate
 
 from ..modeling import candidates as candidate_recording
 from .coco_ap import coco_box_ap, load_coco
 
-__all__ = ["CorrelationEvaluator", "RESULTS_FILE", "box_iou", "spearman", "greedy_match",
-           "permute_scores_by_iou"]
+__all__ = [
+    "CorrelationEvaluator",
+    "RESULTS_FILE",
+    "box_iou",
+    "spearman",
+    "greedy_match",
+    "permute_scores_by_iou",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +79,13 @@ def greedy_match(ious: np.ndarray, iou_threshold: float) -> np.ndarray:
     return matched
 
 
-def permute_scores_by_iou(scores: np.ndarray, tp_index: np.ndarray, tp_iou: np.ndarray,
-                          tp_class: np.ndarray, increasing_with_iou: bool) -> np.ndarray:
+def permute_scores_by_iou(
+    scores: np.ndarray,
+    tp_index: np.ndarray,
+    tp_iou: np.ndarray,
+    tp_class: np.ndarray,
+    increasing_with_iou: bool,
+) -> np.ndarray:
     """The AP bounds' detections: within each class, the true positives' scores permuted among
     them so that they sort in the order of their IoU (``increasing_with_iou``, the upper bound)
     or opposite to it (lower bound). Everything else keeps its score.
@@ -110,13 +121,21 @@ class CorrelationEvaluator(DatasetEvaluator):
       inside).
 
     Candidates are ``outputs[i]["candidates"]`` where the model gives them, else
-    ``outputs[i]["instances"]`` (:mod:`corrloss_d2.evaluation.candidates`). Per-class values,
-    counts and the true positives' (score, IoU, class) go to ``output_dir/correlation_evaluation.json``.
+    ``outputs[i]["instances"]`` (:mod:`corrloss_d2.modeling.candidates`). Per-class values,
+    counts and the true positives' (score, IoU, class) go to
+    ``output_dir/correlation_evaluation.json``.
     """
 
-    def __init__(self, dataset_name: str, distributed: bool = True,
-                 output_dir: Optional[str] = None, *, iou_threshold: float = 0.5,
-                 top_n: Sequence[int] = (10, 100), max_detections: int = 100):
+    def __init__(
+        self,
+        dataset_name: str,
+        distributed: bool = True,
+        output_dir: Optional[str] = None,
+        *,
+        iou_threshold: float = 0.5,
+        top_n: Sequence[int] = (10, 100),
+        max_detections: int = 100,
+    ):
         """
         Args:
             dataset_name: a registered COCO-format dataset (metadata ``json_file``, else converted
@@ -137,18 +156,22 @@ class CorrelationEvaluator(DatasetEvaluator):
         json_file = metadata.get("json_file")
         if json_file is None:
             if output_dir is None:
-                raise ValueError(f"dataset {dataset_name!r} has no json_file in its metadata; give "
-                                 "an output_dir to convert it to COCO json into")
+                raise ValueError(
+                    f"dataset {dataset_name!r} has no json_file in its metadata; give "
+                    "an output_dir to convert it to COCO json into"
+                )
             json_file = os.path.join(output_dir, f"{dataset_name}_coco_format.json")
             convert_to_coco_json(dataset_name, json_file)
         self._coco = load_coco(PathManager.get_local_path(json_file))
         category_ids = sorted(c["id"] for c in self._coco.dataset["categories"])
         # detectron2's mapping (load_coco_json sets it; it sorts the ids the same way).
-        to_contiguous = metadata.get("thing_dataset_id_to_contiguous_id",
-                                     {cid: i for i, cid in enumerate(category_ids)})
+        to_contiguous = metadata.get(
+            "thing_dataset_id_to_contiguous_id", {cid: i for i, cid in enumerate(category_ids)}
+        )
         self._category_id_of = {v: k for k, v in to_contiguous.items()}
-        self._class_names = metadata.get("thing_classes",
-                                         [str(cid) for cid in sorted(to_contiguous)])
+        self._class_names = metadata.get(
+            "thing_classes", [str(cid) for cid in sorted(to_contiguous)]
+        )
         self._ground_truth = self._index_ground_truth(to_contiguous)
         self._records: List[Dict] = []
 
@@ -158,7 +181,8 @@ class CorrelationEvaluator(DatasetEvaluator):
         for ann in self._coco.dataset["annotations"]:
             x, y, w, h = ann["bbox"]
             per_image[ann["image_id"]].append(
-                (x, y, x + w, y + h, to_contiguous[ann["category_id"]], ann.get("iscrowd", 0)))
+                (x, y, x + w, y + h, to_contiguous[ann["category_id"]], ann.get("iscrowd", 0))
+            )
         index = {}
         for image_id, rows in per_image.items():
             table = np.array(rows, dtype=np.float64).reshape(-1, 6)
@@ -178,10 +202,12 @@ class CorrelationEvaluator(DatasetEvaluator):
             instances = output["instances"].to("cpu")
             candidates = output.get(candidate_recording.CANDIDATES_KEY, instances).to("cpu")
             record = self._candidate_measures(candidates, gt_boxes, gt_classes)
-            record.update(image_id=image_id,
-                          boxes=instances.pred_boxes.tensor.numpy().astype(np.float64),
-                          scores=instances.scores.numpy().astype(np.float64),
-                          classes=instances.pred_classes.numpy().astype(np.int64))
+            record.update(
+                image_id=image_id,
+                boxes=instances.pred_boxes.tensor.numpy().astype(np.float64),
+                scores=instances.scores.numpy().astype(np.float64),
+                classes=instances.pred_classes.numpy().astype(np.int64),
+            )
             self._records.append(record)
 
     def _candidate_measures(self, candidates, gt_boxes: np.ndarray, gt_classes: np.ndarray) -> Dict:
@@ -199,8 +225,12 @@ class CorrelationEvaluator(DatasetEvaluator):
             covered = ious.max(axis=0) > 0
             rank = (scores[None, :] > scores[best_regressed][:, None]).sum(axis=1)
             hits = [int((covered & (rank < n)).sum()) for n in self._top_n]
-        return {"image_rho": spearman(scores[positive], best_iou[positive]),
-                "num_positives": int(positive.sum()), "num_gt": len(gt_boxes), "br_hits": hits}
+        return {
+            "image_rho": spearman(scores[positive], best_iou[positive]),
+            "num_positives": int(positive.sum()),
+            "num_gt": len(gt_boxes),
+            "br_hits": hits,
+        }
 
     def evaluate(self):
         candidate_recording.stop_recording(self)
@@ -236,17 +266,25 @@ class CorrelationEvaluator(DatasetEvaluator):
                 tp_class.append(np.full(int(is_tp.sum()), c))
             offset += len(record["scores"])
         empty = [np.zeros(0, dtype=np.int64)]
-        return (np.concatenate(tp_index + empty), np.concatenate(tp_iou + [np.zeros(0)]),
-                np.concatenate(tp_class + empty))
+        return (
+            np.concatenate(tp_index + empty),
+            np.concatenate(tp_iou + [np.zeros(0)]),
+            np.concatenate(tp_class + empty),
+        )
 
     def _coco_detections(self, records: List[Dict], scores: np.ndarray) -> List[Dict]:
         detections, offset = [], 0
         for record in records:
             for box, c, k in zip(record["boxes"], record["classes"], itertools.count(offset)):
                 x0, y0, x1, y1 = box.tolist()
-                detections.append({"image_id": record["image_id"],
-                                   "category_id": self._category_id_of[int(c)],
-                                   "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(scores[k])})
+                detections.append(
+                    {
+                        "image_id": record["image_id"],
+                        "category_id": self._category_id_of[int(c)],
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "score": float(scores[k]),
+                    }
+                )
             offset += len(record["scores"])
         return detections
 
@@ -258,9 +296,13 @@ class CorrelationEvaluator(DatasetEvaluator):
         per_class = []
         for c, name in enumerate(self._class_names):
             in_class = tp_class == c
-            per_class.append({"class": name, "rho": spearman(scores[tp_index[in_class]],
-                                                             tp_iou[in_class]),
-                              "num_true_positives": int(in_class.sum())})
+            per_class.append(
+                {
+                    "class": name,
+                    "rho": spearman(scores[tp_index[in_class]], tp_iou[in_class]),
+                    "num_true_positives": int(in_class.sum()),
+                }
+            )
         class_rhos = np.array([p["rho"] for p in per_class])
         detections = self._coco_detections(records, scores)
         ap = {"ap": coco_box_ap(self._coco, detections)}
@@ -270,13 +312,19 @@ class CorrelationEvaluator(DatasetEvaluator):
                 detection["score"] = float(score)
             ap[key] = coco_box_ap(self._coco, detections)
         num_gt = sum(r["num_gt"] for r in records)
-        metrics = {"image_level_rho": _nanmean(image_rhos),
-                   "class_level_rho": _nanmean(class_rhos), **ap}
+        metrics = {
+            "image_level_rho": _nanmean(image_rhos),
+            "class_level_rho": _nanmean(class_rhos),
+            **ap,
+        }
         for i, n in enumerate(self._top_n):
             metrics[f"br_recall@{n}"] = sum(r["br_hits"][i] for r in records) / max(num_gt, 1)
-        counts = {"images": len(records), "images_with_image_level_rho":
-                  int(np.isfinite(image_rhos).sum()), "ground_truths": num_gt,
-                  "true_positives": len(tp_index)}
+        counts = {
+            "images": len(records),
+            "images_with_image_level_rho": int(np.isfinite(image_rhos).sum()),
+            "ground_truths": num_gt,
+            "true_positives": len(tp_index),
+        }
         self._log(metrics, per_class, counts)
         if self._output_dir:
             self._write(metrics, per_class, counts, scores[tp_index], tp_iou, tp_class)
@@ -284,16 +332,27 @@ class CorrelationEvaluator(DatasetEvaluator):
 
     def _log(self, metrics: Dict, per_class: List[Dict], counts: Dict) -> None:
         rows = [(p["class"], f"{p['rho']:.4f}", p["num_true_positives"]) for p in per_class]
-        logger.info("Correlation of score and IoU per class (true positives at IoU %.2f), %s:\n%s",
-                    self._iou_threshold, counts,
-                    tabulate(rows, headers=["class", "rho", "true positives"], tablefmt="pipe"))
+        logger.info(
+            "Correlation of score and IoU per class (true positives at IoU %.2f), %s:\n%s",
+            self._iou_threshold,
+            counts,
+            tabulate(rows, headers=["class", "rho", "true positives"], tablefmt="pipe"),
+        )
 
     def _write(self, metrics, per_class, counts, tp_scores, tp_iou, tp_class) -> None:
         PathManager.mkdirs(self._output_dir)
-        content = {"dataset": self._dataset_name, "iou_threshold": self._iou_threshold,
-                   "metrics": metrics, "counts": counts, "per_class": per_class,
-                   "true_positives": {"score": tp_scores.tolist(), "iou": tp_iou.tolist(),
-                                      "class": tp_class.tolist()}}
+        content = {
+            "dataset": self._dataset_name,
+            "iou_threshold": self._iou_threshold,
+            "metrics": metrics,
+            "counts": counts,
+            "per_class": per_class,
+            "true_positives": {
+                "score": tp_scores.tolist(),
+                "iou": tp_iou.tolist(),
+                "class": tp_class.tolist(),
+            },
+        }
         path = os.path.join(self._output_dir, RESULTS_FILE)
         with PathManager.open(path, "w") as f:
             json.dump(_nan_to_none(content), f)

@@ -2,10 +2,10 @@
 
 Used by ``tools/plot_correlation.py`` and ``tools/compare_correlation.py``.
 """
+
 import csv
 import json
 import math
-import os
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Sequence
 
@@ -14,13 +14,28 @@ from tqdm import tqdm
 
 from .correlation import RESULTS_FILE
 
-__all__ = ["EvaluatedRun", "MEASURES", "FIGURES", "find_results", "load_run", "default_labels",
-           "table_rows", "write_table", "write_figures"]
+__all__ = [
+    "EvaluatedRun",
+    "MEASURES",
+    "FIGURES",
+    "find_results",
+    "load_run",
+    "default_labels",
+    "table_rows",
+    "write_table",
+    "write_figures",
+]
 
 # (key in the evaluator's metrics, column title); the table's columns in this order.
-MEASURES = (("ap", "AP"), ("ap_lower_bound", "AP lower bound"), ("ap_upper_bound", "AP upper bound"),
-            ("class_level_rho", "class-level ρ"), ("image_level_rho", "image-level ρ"),
-            ("br_recall@10", "BR recall@10"), ("br_recall@100", "BR recall@100"))
+MEASURES = (
+    ("ap", "AP"),
+    ("ap_lower_bound", "AP lower bound"),
+    ("ap_upper_bound", "AP upper bound"),
+    ("class_level_rho", "class-level ρ"),
+    ("image_level_rho", "image-level ρ"),
+    ("br_recall@10", "BR recall@10"),
+    ("br_recall@100", "BR recall@100"),
+)
 
 
 class EvaluatedRun(NamedTuple):
@@ -47,8 +62,12 @@ def find_results(path) -> Path:
     if len(found) != 1:
         raise FileNotFoundError(
             f"expected one {RESULTS_FILE} under {path}, found {len(found)}"
-            + (f": {[str(f) for f in found]}; pass the one you mean" if found else
-               "; evaluate the run with TEST.CORRELATION_EVAL.ENABLED True first"))
+            + (
+                f": {[str(f) for f in found]}; pass the one you mean"
+                if found
+                else "; evaluate the run with TEST.CORRELATION_EVAL.ENABLED True first"
+            )
+        )
     return found[0]
 
 
@@ -62,12 +81,14 @@ def load_run(path, label: str = None) -> EvaluatedRun:
         content = json.load(f)
     tps = content["true_positives"]
     return EvaluatedRun(
-        label=label or Path(path).name, path=results_file,
+        label=label or Path(path).name,
+        path=results_file,
         metrics={k: _undefined_as_nan(v) for k, v in content["metrics"].items()},
         per_class=[{**p, "rho": _undefined_as_nan(p["rho"])} for p in content["per_class"]],
         tp_scores=np.asarray(tps["score"], dtype=np.float64),
         tp_ious=np.asarray(tps["iou"], dtype=np.float64),
-        tp_classes=np.asarray(tps["class"], dtype=np.int64))
+        tp_classes=np.asarray(tps["class"], dtype=np.int64),
+    )
 
 
 def table_rows(runs: Sequence[EvaluatedRun]) -> List[List]:
@@ -95,13 +116,21 @@ def write_table(runs: Sequence[EvaluatedRun], output_dir) -> Dict[str, Path]:
 def _density(runs, path):
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.8), squeeze=False,
-                                sharey=True)
+    figure, axes = plt.subplots(
+        1, len(runs), figsize=(4.2 * len(runs), 3.8), squeeze=False, sharey=True
+    )
     for ax, run in zip(axes[0], runs):
         if len(run.tp_ious):
-            ax.hist2d(run.tp_ious, run.tp_scores, bins=[np.linspace(0.5, 1, 26), np.linspace(0, 1, 26)],
-                      cmap="viridis", density=True)
-        ax.set_title(f"{run.label}\nclass-level ρ = {run.metrics['class_level_rho']:.3f}", fontsize=9)
+            ax.hist2d(
+                run.tp_ious,
+                run.tp_scores,
+                bins=[np.linspace(0.5, 1, 26), np.linspace(0, 1, 26)],
+                cmap="viridis",
+                density=True,
+            )
+        ax.set_title(
+            f"{run.label}\nclass-level ρ = {run.metrics['class_level_rho']:.3f}", fontsize=9
+        )
         ax.set_xlabel("IoU with the matched ground truth")
     axes[0][0].set_ylabel("score")
     figure.suptitle("Score vs IoU of the true positives (density)", fontsize=10)
@@ -118,8 +147,12 @@ def _class_rho(runs, path):
     figure, ax = plt.subplots(figsize=(max(5, 1.0 * len(classes) + 2), 3.8))
     for i, run in enumerate(runs):
         rhos = [p["rho"] for p in run.per_class]
-        ax.bar(np.arange(len(classes)) + (i - (len(runs) - 1) / 2) * width, np.nan_to_num(rhos),
-               width, label=run.label)
+        ax.bar(
+            np.arange(len(classes)) + (i - (len(runs) - 1) / 2) * width,
+            np.nan_to_num(rhos),
+            width,
+            label=run.label,
+        )
     ax.set_xticks(np.arange(len(classes)), classes, rotation=30, ha="right")
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_ylabel("Spearman ρ(score, IoU)")
@@ -141,18 +174,25 @@ def _ap_bounds(runs, path):
     ax.set_xticks(range(len(runs)), [run.label for run in runs], rotation=15, ha="right")
     ax.set_xlim(-0.7, len(runs) - 0.3)
     ax.set_ylabel("COCO AP")
-    ax.set_title("AP (dot) between its bounds: TP scores sorted\nopposite to / in the order of IoU",
-                 fontsize=10)
+    ax.set_title(
+        "AP (dot) between its bounds: TP scores sorted\nopposite to / in the order of IoU",
+        fontsize=10,
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
-FIGURES = {"score_vs_iou_density.png": _density, "class_level_rho.png": _class_rho,
-           "ap_bounds.png": _ap_bounds}
+FIGURES = {
+    "score_vs_iou_density.png": _density,
+    "class_level_rho.png": _class_rho,
+    "ap_bounds.png": _ap_bounds,
+}
 
 
-def write_figures(runs: Sequence[EvaluatedRun], output_dir, progress: bool = True) -> Dict[str, Path]:
+def write_figures(
+    runs: Sequence[EvaluatedRun], output_dir, progress: bool = True
+) -> Dict[str, Path]:
     """The figures of :data:`FIGURES` as PNG files in ``output_dir``."""
     import matplotlib
 

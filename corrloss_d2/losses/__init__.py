@@ -1,7 +1,19 @@
 """Correlation-aware detection losses. Pure PyTorch: nothing here imports detectron2."""
-from .correlation import CORRELATION_KINDS, GroupedCorrelation, correlation_coefficients, correlation_loss
+
+from .correlation import (
+    CORRELATION_KINDS,
+    GroupedCorrelation,
+    correlation_coefficients,
+    correlation_loss,
+)
 from .distributed import mean_over_processes
-from .iou_aware import alignment_quality, ia_bce_loss, prime_sample_weights, quality_focal_loss, varifocal_loss
+from .iou_aware import (
+    alignment_quality,
+    ia_bce_loss,
+    prime_sample_weights,
+    quality_focal_loss,
+    varifocal_loss,
+)
 from .set_matching import capped_matches_per_target, one_to_k_assignment, set_matching_cost
 from .soft_rank import SOFT_RANK_BACKENDS, grouped_soft_rank, soft_rank
 

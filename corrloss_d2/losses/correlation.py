@@ -3,6 +3,7 @@
 Correlation coefficients are computed per group (image, FPN level, decoder stage, class, or the
 whole batch) with segment reductions, so any number of groups costs one pass.
 """
+
 from typing import NamedTuple, Optional
 
 import torch
@@ -10,7 +11,12 @@ import torch
 from .distributed import gather_samples
 from .soft_rank import grouped_soft_rank
 
-__all__ = ["CORRELATION_KINDS", "GroupedCorrelation", "correlation_coefficients", "correlation_loss"]
+__all__ = [
+    "CORRELATION_KINDS",
+    "GroupedCorrelation",
+    "correlation_coefficients",
+    "correlation_loss",
+]
 
 CORRELATION_KINDS = ("pearson", "concordance", "spearman")
 
@@ -38,17 +44,25 @@ def _validate(scores, ious, kind, groups, strength, min_samples) -> None:
     if kind not in CORRELATION_KINDS:
         raise ValueError(f"correlation kind must be one of {CORRELATION_KINDS}, got {kind!r}")
     if not isinstance(scores, torch.Tensor) or not scores.is_floating_point() or scores.dim() != 1:
-        raise ValueError("scores must be a 1-D floating-point tensor (N,) of probabilities of the "
-                         f"ground-truth class, got {getattr(scores, 'shape', type(scores))}")
+        raise ValueError(
+            "scores must be a 1-D floating-point tensor (N,) of probabilities of the "
+            f"ground-truth class, got {getattr(scores, 'shape', type(scores))}"
+        )
     if not isinstance(ious, torch.Tensor) or ious.shape != scores.shape:
-        raise ValueError(f"ious must be a tensor of the shape of scores {tuple(scores.shape)}, "
-                         f"got {tuple(getattr(ious, 'shape', ()))}")
+        raise ValueError(
+            f"ious must be a tensor of the shape of scores {tuple(scores.shape)}, "
+            f"got {tuple(getattr(ious, 'shape', ()))}"
+        )
     if groups is not None and (groups.shape != scores.shape or groups.is_floating_point()):
-        raise ValueError(f"groups must be an integer tensor of the shape of scores "
-                         f"{tuple(scores.shape)}, got {groups.dtype} {tuple(groups.shape)}")
+        raise ValueError(
+            f"groups must be an integer tensor of the shape of scores "
+            f"{tuple(scores.shape)}, got {groups.dtype} {tuple(groups.shape)}"
+        )
     if not isinstance(min_samples, int) or min_samples < 2:
-        raise ValueError(f"min_samples must be an integer >= 2 (a correlation needs two samples), "
-                         f"got {min_samples!r}")
+        raise ValueError(
+            f"min_samples must be an integer >= 2 (a correlation needs two samples), "
+            f"got {min_samples!r}"
+        )
     if not strength > 0:
         raise ValueError(f"soft-rank strength must be positive, got {strength!r}")
 
@@ -130,7 +144,8 @@ def correlation_coefficients(
             x = grouped_soft_rank(x, index, num_groups, strength, centered=True)
             y = grouped_soft_rank(y, index, num_groups, strength, centered=True)
         cov, var_x, var_y, mean_x, mean_y, nonconstant = _pearson_per_group(
-            x, y, index, num_groups, count, eps)
+            x, y, index, num_groups, count, eps
+        )
         valid = (num_samples >= min_samples) & nonconstant
         if kind == "concordance":
             denominator = var_x + var_y + (mean_x - mean_y) ** 2
@@ -162,6 +177,12 @@ def correlation_loss(
     Returns:
         scalar float32 (float64 for float64 scores) tensor in [0, 2].
     """
-    return correlation_coefficients(scores, ious, kind, groups=groups, strength=strength,
-                                    min_samples=min_samples,
-                                    gather_across_processes=gather_across_processes).loss()
+    return correlation_coefficients(
+        scores,
+        ious,
+        kind,
+        groups=groups,
+        strength=strength,
+        min_samples=min_samples,
+        gather_across_processes=gather_across_processes,
+    ).loss()

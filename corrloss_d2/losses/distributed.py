@@ -1,4 +1,5 @@
 """Gathering per-process samples so that a correlation is computed over the global batch."""
+
 from typing import List
 
 import torch
@@ -80,4 +81,3 @@ def gather_samples(differentiable: torch.Tensor, *constants: torch.Tensor) -> Li
         dist.all_gather(gathered, pad(t.detach()).contiguous())
         outputs.append(unpad(torch.stack(gathered)))
     return outputs
-

@@ -14,13 +14,19 @@ All three share one signature: ``(logits, labels, ious, *, normalizer, ..., redu
 
 Losses are computed in float32 (float64 for float64 logits) from logits, never from ``log(p)``.
 """
+
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["alignment_quality", "ia_bce_loss", "quality_focal_loss", "varifocal_loss",
-           "prime_sample_weights"]
+__all__ = [
+    "alignment_quality",
+    "ia_bce_loss",
+    "quality_focal_loss",
+    "varifocal_loss",
+    "prime_sample_weights",
+]
 
 REDUCTIONS = ("sum", "none")
 
@@ -31,27 +37,40 @@ def _dense_targets(
     """Validates inputs; returns (float logits, target (N, K) holding ``values`` at each foreground
     row's class and 0 elsewhere, positive mask (N, K) bool, valid rows (N,) bool)."""
     if logits.dim() != 2 or logits.shape[1] == 0:
-        raise ValueError(f"logits must be (N, K) with K >= 1 classes, got shape {tuple(logits.shape)}")
+        raise ValueError(
+            f"logits must be (N, K) with K >= 1 classes, got shape {tuple(logits.shape)}"
+        )
     num_classes = logits.shape[1]
     if labels.shape != logits.shape[:1] or labels.is_floating_point():
-        raise ValueError(f"labels must be an integer tensor of shape ({logits.shape[0]},), "
-                         f"got {labels.dtype} {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must be an integer tensor of shape ({logits.shape[0]},), "
+            f"got {labels.dtype} {tuple(labels.shape)}"
+        )
     if values.shape != labels.shape:
         raise ValueError(f"ious must have shape ({logits.shape[0]},), got {tuple(values.shape)}")
     if labels.numel() and (int(labels.min()) < -1 or int(labels.max()) > num_classes):
-        raise ValueError(f"labels must lie in [-1, {num_classes}] (-1 ignore, {num_classes} "
-                         f"background), got [{int(labels.min())}, {int(labels.max())}]")
+        raise ValueError(
+            f"labels must lie in [-1, {num_classes}] (-1 ignore, {num_classes} "
+            f"background), got [{int(labels.min())}, {int(labels.max())}]"
+        )
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     foreground = (labels >= 0) & (labels < num_classes)
     positive = F.one_hot(labels.clamp(min=0), num_classes + 1)[:, :num_classes].bool()
     positive &= foreground[:, None]
-    target = torch.where(positive, values.detach().to(logits.dtype)[:, None],
-                         torch.zeros((), dtype=logits.dtype, device=logits.device))
+    target = torch.where(
+        positive,
+        values.detach().to(logits.dtype)[:, None],
+        torch.zeros((), dtype=logits.dtype, device=logits.device),
+    )
     return logits, target, positive, labels >= 0
 
 
-def _reduce(elementwise: torch.Tensor, valid_rows: torch.Tensor,
-            normalizer: Union[float, torch.Tensor], reduction: str) -> torch.Tensor:
+def _reduce(
+    elementwise: torch.Tensor,
+    valid_rows: torch.Tensor,
+    normalizer: Union[float, torch.Tensor],
+    reduction: str,
+) -> torch.Tensor:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     normalizer = torch.as_tensor(normalizer, dtype=elementwise.dtype, device=elementwise.device)
@@ -83,7 +102,8 @@ def ia_bce_loss(
 
     Positive entries (row i, its class c): ``BCE(p, t * w)`` with the quality target
     ``t = clamp(s^alpha * u^(1 - alpha), min=min_target)``, ``s`` the detached probability of c,
-    ``u`` the IoU, ``w`` the optional prime-sample weight. Every other entry: ``p^gamma * BCE(p, 0)``.
+    ``u`` the IoU, ``w`` the optional prime-sample weight. Every other entry:
+    ``p^gamma * BCE(p, 0)``.
     Align-DETR normalises by the number of ground-truth boxes (averaged over processes, >= 1).
 
     Args:
@@ -94,8 +114,9 @@ def ia_bce_loss(
     quality = alignment_quality(probs.detach(), iou_target, alpha).clamp(min=min_target)
     if weights is not None:
         if weights.shape != labels.shape:
-            raise ValueError(f"weights must have shape ({labels.shape[0]},), got "
-                             f"{tuple(weights.shape)}")
+            raise ValueError(
+                f"weights must have shape ({labels.shape[0]},), got {tuple(weights.shape)}"
+            )
         quality = quality * weights.detach().to(quality.dtype)[:, None]
     target = torch.where(positive, quality, torch.zeros_like(quality))
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -141,8 +162,9 @@ def varifocal_loss(
 
 
 @torch.no_grad()
-def prime_sample_weights(quality: torch.Tensor, gt_index: torch.Tensor, *,
-                         tau: float = 1.5) -> torch.Tensor:
+def prime_sample_weights(
+    quality: torch.Tensor, gt_index: torch.Tensor, *, tau: float = 1.5
+) -> torch.Tensor:
     """Align-DETR's prime-sample weights ``exp(-rank / tau)``.
 
     Args:
@@ -154,8 +176,10 @@ def prime_sample_weights(quality: torch.Tensor, gt_index: torch.Tensor, *,
         (N,) weights in (0, 1], 1 for the best positive of every ground truth.
     """
     if quality.shape != gt_index.shape or quality.dim() != 1:
-        raise ValueError(f"quality and gt_index must be 1-D of one shape, got "
-                         f"{tuple(quality.shape)} and {tuple(gt_index.shape)}")
+        raise ValueError(
+            f"quality and gt_index must be 1-D of one shape, got "
+            f"{tuple(quality.shape)} and {tuple(gt_index.shape)}"
+        )
     if not tau > 0:
         raise ValueError(f"tau must be positive, got {tau!r}")
     if quality.numel() == 0:
@@ -166,6 +190,8 @@ def prime_sample_weights(quality: torch.Tensor, gt_index: torch.Tensor, *,
     is_first = torch.ones_like(sorted_gt, dtype=torch.bool)
     is_first[1:] = sorted_gt[1:] != sorted_gt[:-1]
     position = torch.arange(order.numel(), device=quality.device)
-    group_start = torch.cummax(torch.where(is_first, position, torch.zeros_like(position)), 0).values
+    group_start = torch.cummax(
+        torch.where(is_first, position, torch.zeros_like(position)), 0
+    ).values
     rank = torch.empty_like(position).scatter_(0, order, position - group_start)
     return torch.exp(-rank.to(quality.dtype) / tau)

@@ -3,6 +3,7 @@ the one-to-k Hungarian assignment of Align-DETR's mixed matching.
 
 Conventions: Q queries, G ground truths, K classes; boxes are XYXY in image pixels.
 """
+
 from typing import Tuple
 
 import numpy as np
@@ -86,5 +87,7 @@ def one_to_k_assignment(cost: torch.Tensor, k: int = 1) -> Tuple[torch.Tensor, t
     if not np.isfinite(tiled).all():
         raise ValueError("the matching cost has NaN or infinite entries (non-finite predictions)")
     rows, cols = linear_sum_assignment(tiled)
-    return (torch.as_tensor(rows, dtype=torch.int64, device=device),
-            torch.as_tensor(cols % num_targets, dtype=torch.int64, device=device))
+    return (
+        torch.as_tensor(rows, dtype=torch.int64, device=device),
+        torch.as_tensor(cols % num_targets, dtype=torch.int64, device=device),
+    )

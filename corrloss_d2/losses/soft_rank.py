@@ -12,6 +12,7 @@ span less than 1 the sort is skipped: PAV would pool each group into one block. 
 the order and the PAV blocks, and the backward pass applies the projection's exact Jacobian
 (identity minus averaging within blocks) with a second kernel.
 """
+
 import math
 
 import numba
@@ -21,8 +22,10 @@ import torch
 __all__ = ["soft_rank", "grouped_soft_rank", "SOFT_RANK_BACKENDS"]
 
 SOFT_RANK_BACKENDS = ("native", "torchsort")
-NON_FINITE_MESSAGE = ("soft_rank got non-finite values (inf or NaN, or overflow of x / strength); "
-                      "ranks are undefined for them")
+NON_FINITE_MESSAGE = (
+    "soft_rank got non-finite values (inf or NaN, or overflow of x / strength); "
+    "ranks are undefined for them"
+)
 
 # Sort keys are unsigned integers that ascend as the values descend: the 32-bit pattern of float32
 # values, the 64-bit pattern of float64 ones, reflected. Before sorting, the bits shared by all keys
@@ -103,8 +106,11 @@ def _keys_32(x_bits, strength, keys):
     n = x_bits.shape[0]
     low = _ALL_BITS
     high = np.uint64(0)
-    first = _flip(np.uint64(x_bits[0]) if x_bits[0] & _LOW_31_BITS else np.uint64(0),
-                  _SIGN_SHIFT_32, _LOW_31_BITS)
+    first = _flip(
+        np.uint64(x_bits[0]) if x_bits[0] & _LOW_31_BITS else np.uint64(0),
+        _SIGN_SHIFT_32,
+        _LOW_31_BITS,
+    )
     varying = np.uint64(0)
     largest_magnitude = np.uint64(0)
     smallest_magnitude_less_one = _ALL_BITS  # zero wraps around to the top
@@ -128,8 +134,10 @@ def _keys_32(x_bits, strength, keys):
     magnitudes = extremes.view(np.float32)
     if not np.isfinite(np.float64(magnitudes[0]) / strength):
         return _NON_FINITE, low, high, varying
-    if (smallest_magnitude_less_one != _ALL_BITS
-            and np.float64(magnitudes[1]) / strength < _SMALLEST_NORMAL):
+    if (
+        smallest_magnitude_less_one != _ALL_BITS
+        and np.float64(magnitudes[1]) / strength < _SMALLEST_NORMAL
+    ):
         return _NEEDS_64_BIT_KEYS, low, high, varying
     return 0, low, high, varying
 
@@ -246,8 +254,9 @@ def _radix_sort(keys, spare, low, high, varying):
         for j in range(pair_passes):
             if counts[j, (some_key >> shifts[j]) & mask] == n:
                 continue  # every key has this digit: the pass would move nothing
-            _scatter_pairs_pass(keys, order, spare, spare_order, shifts[j], mask, counts[j],
-                                identity)
+            _scatter_pairs_pass(
+                keys, order, spare, spare_order, shifts[j], mask, counts[j], identity
+            )
             identity = False
             keys, spare = spare, keys
             order, spare_order = spare_order, order
@@ -271,8 +280,9 @@ def _radix_sort(keys, spare, low, high, varying):
 
 
 @numba.njit(cache=True, nogil=True)
-def _project_single_blocks(z, starts, group_index, row_length, num_groups, centered, ranks, order,
-                           block_start):
+def _project_single_blocks(
+    z, starts, group_index, row_length, num_groups, centered, ranks, order, block_start
+):
     """The projection when all values span less than 1 (checked by the caller): sorted, each
     group's values minus (m, ..., 1) strictly increase, so PAV pools every group into one block
     and the ranks are ``z - mean(z) + (m + 1) / 2`` (means per group). Fills the outputs as
@@ -324,8 +334,9 @@ def _value_of_key(key, sign_shift, low_bits, x_bits, z):
 
 
 @numba.njit(cache=True, nogil=True)
-def _project(x, x_bits, strength, group_index, row_length, num_groups, centered, ranks, order,
-             block_start):
+def _project(
+    x, x_bits, strength, group_index, row_length, num_groups, centered, ranks, order, block_start
+):
     """Projects ``x / strength`` within each group onto its permutahedron.
 
     Args:
@@ -379,8 +390,9 @@ def _project(x, x_bits, strength, group_index, row_length, num_groups, centered,
         largest = largest / strength
         smallest = smallest / strength
     if largest - smallest < 1.0:
-        return _project_single_blocks(z, starts, group_index, row_length, num_groups, centered,
-                                      ranks, order, block_start)
+        return _project_single_blocks(
+            z, starts, group_index, row_length, num_groups, centered, ranks, order, block_start
+        )
     items, free, index_mask = _radix_sort(keys, np.empty(n, np.uint64), low, high, varying)
     sorted_z = free.view(np.float64)
     if num_groups > 1:
@@ -423,8 +435,10 @@ def _project(x, x_bits, strength, group_index, row_length, num_groups, centered,
             if open_total < current * np.float64(k - open_begin):
                 current = open_total + current
                 begin = open_begin
-                while top > bottom and (total[top - 1] * np.float64(k + 1 - begin)
-                                        < current * np.float64(begin - block_start[top - 1])):
+                while top > bottom and (
+                    total[top - 1] * np.float64(k + 1 - begin)
+                    < current * np.float64(begin - block_start[top - 1])
+                ):
                     top -= 1
                     current = total[top] + current
                     begin = block_start[top]
@@ -529,8 +543,18 @@ def _project_tensor(x, group_index, row_length, num_groups, strength, centered):
     block_start = np.empty(n + 1, np.int64)
     # 32-bit sort keys for float32 values (their indices must fit in 32 bits too).
     bits = values.view(np.uint32) if values.dtype == np.float32 and n < 2**32 else _NO_BITS
-    num_blocks = _project(values, bits, strength, group_index, row_length, num_groups, centered,
-                          ranks, order, block_start)
+    num_blocks = _project(
+        values,
+        bits,
+        strength,
+        group_index,
+        row_length,
+        num_groups,
+        centered,
+        ranks,
+        order,
+        block_start,
+    )
     if num_blocks < 0:
         if num_blocks == _NON_FINITE:
             raise ValueError(NON_FINITE_MESSAGE)
@@ -546,7 +570,8 @@ class _PermutahedronProjection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group_index, row_length, num_groups, strength, centered):
         ranks, ctx.order, ctx.block_start, ctx.num_blocks = _project_tensor(
-            x, group_index, row_length, num_groups, strength, centered)
+            x, group_index, row_length, num_groups, strength, centered
+        )
         ctx.strength = strength
         return ranks
 
@@ -555,23 +580,27 @@ class _PermutahedronProjection(torch.autograd.Function):
     def backward(ctx, grad):
         grad_np = _cpu_array(grad)
         grad_x = np.empty(grad_np.shape[0], grad_np.dtype)
-        _within_block_deviation(grad_np, ctx.order, ctx.block_start, ctx.num_blocks, ctx.strength,
-                                grad_x)
+        _within_block_deviation(
+            grad_np, ctx.order, ctx.block_start, ctx.num_blocks, ctx.strength, grad_x
+        )
         return _as_output(grad_x, grad), None, None, None, None, None
 
 
 def _project_autograd(x, group_index, row_length, num_groups, strength, centered):
     """Soft ranks of ``x`` (any shape; see :func:`_project`), through autograd when it needs to."""
     if x.requires_grad and torch.is_grad_enabled():
-        return _PermutahedronProjection.apply(x, group_index, row_length, num_groups, strength,
-                                              centered)
+        return _PermutahedronProjection.apply(
+            x, group_index, row_length, num_groups, strength, centered
+        )
     return _project_tensor(x, group_index, row_length, num_groups, strength, centered)[0]
 
 
 def _check_inputs(x: torch.Tensor, strength: float) -> None:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"soft_rank expects a floating-point tensor, got {type(x).__name__} "
-                        f"{getattr(x, 'dtype', '')}")
+        raise TypeError(
+            f"soft_rank expects a floating-point tensor, got {type(x).__name__} "
+            f"{getattr(x, 'dtype', '')}"
+        )
     if not (isinstance(strength, (int, float)) and math.isfinite(strength) and strength > 0):
         raise ValueError(f"soft_rank strength must be a positive finite number, got {strength!r}")
 
@@ -610,8 +639,10 @@ def soft_rank(x: torch.Tensor, strength: float = 1.0, *, backend: str = "native"
         try:
             import torchsort
         except ImportError as e:
-            raise ImportError("soft_rank(backend='torchsort') needs the optional package torchsort "
-                              "(pip install torchsort); backend='native' needs nothing") from e
+            raise ImportError(
+                "soft_rank(backend='torchsort') needs the optional package torchsort "
+                "(pip install torchsort); backend='native' needs nothing"
+            ) from e
         rows = x.reshape(-1, n)
         if not bool(torch.isfinite(rows).all()):
             raise ValueError(NON_FINITE_MESSAGE)
@@ -621,8 +652,14 @@ def soft_rank(x: torch.Tensor, strength: float = 1.0, *, backend: str = "native"
     return _project_autograd(x, _NO_GROUPS, n, x.numel() // n, float(strength), False)
 
 
-def grouped_soft_rank(x: torch.Tensor, group_index: torch.Tensor, num_groups: int,
-                      strength: float = 1.0, *, centered: bool = False) -> torch.Tensor:
+def grouped_soft_rank(
+    x: torch.Tensor,
+    group_index: torch.Tensor,
+    num_groups: int,
+    strength: float = 1.0,
+    *,
+    centered: bool = False,
+) -> torch.Tensor:
     """Soft ranks of ``x`` computed separately within each group (see :func:`soft_rank`).
 
     Args:

@@ -1,10 +1,18 @@
 """corrloss_d2's models: the meta-architectures (registered with detectron2 on import), the loss
 modules they share, and the backbone builder detectron2's yaml registry lacks."""
+
 from .backbone import build_fcos_resnet_fpn_backbone
 from .classification_loss import ClassificationLoss
 from .correlation_loss import CorrelationLoss, matched_box_iou
 from .meta_arch import CorrelationAwareDenseMixin, CorrFCOS, CorrRetinaNet, CorrSparseRCNN
 
-__all__ = ["CorrFCOS", "CorrRetinaNet", "CorrSparseRCNN", "ClassificationLoss",
-           "CorrelationAwareDenseMixin", "CorrelationLoss", "build_fcos_resnet_fpn_backbone",
-           "matched_box_iou"]
+__all__ = [
+    "CorrFCOS",
+    "CorrRetinaNet",
+    "CorrSparseRCNN",
+    "ClassificationLoss",
+    "CorrelationAwareDenseMixin",
+    "CorrelationLoss",
+    "build_fcos_resnet_fpn_backbone",
+    "matched_box_iou",
+]

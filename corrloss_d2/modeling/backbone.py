@@ -1,4 +1,5 @@
 """Backbone builders detectron2 lacks in its yaml registry, and the check of a head's inputs."""
+
 from typing import List, Sequence
 
 from detectron2.layers import ShapeSpec
@@ -13,12 +14,15 @@ __all__ = ["build_fcos_resnet_fpn_backbone", "backbone_feature_shapes"]
 
 def backbone_feature_shapes(backbone, in_features: Sequence[str], key: str) -> List[ShapeSpec]:
     """Shapes of the features ``in_features`` (the value of config key ``key``) among the
-    backbone's outputs; ConfigError (a ValueError) naming the key when the backbone does not produce one."""
+    backbone's outputs; ConfigError (a ValueError) naming the key when the backbone does not
+    produce one."""
     available = backbone.output_shape()
     missing = [f for f in in_features if f not in available]
     if missing:
-        raise ConfigError(f"cfg.{key} = {list(in_features)} names features {missing} that the "
-                          f"backbone does not produce (it gives {sorted(available)})")
+        raise ConfigError(
+            f"cfg.{key} = {list(in_features)} names features {missing} that the "
+            f"backbone does not produce (it gives {sorted(available)})"
+        )
     return [available[f] for f in in_features]
 
 

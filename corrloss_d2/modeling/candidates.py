@@ -20,6 +20,7 @@ The protocol, for authors of meta-architectures:
 
 When no correlation evaluation runs, the cost is one function call per forward.
 """
+
 from typing import Set
 
 __all__ = ["start_recording", "stop_recording", "is_recording", "CANDIDATES_KEY"]

@@ -1,11 +1,11 @@
 """The classification loss of every corrloss_d2 detector: focal, IA-BCE, QFL or VFL
 (MODEL.CLS_LOSS), from the head's logits, in float32."""
+
 import torch
+from detectron2.config import configurable
 from fvcore.nn import sigmoid_focal_loss
 from torch import nn
 from torch.nn import functional as F
-
-from detectron2.config import configurable
 
 from ..losses import ia_bce_loss, quality_focal_loss, varifocal_loss
 
@@ -22,9 +22,18 @@ class ClassificationLoss(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, kind: str = "focal", focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                 ia_bce_alpha: float = 0.25, ia_bce_gamma: float = 2.0, qfl_beta: float = 2.0,
-                 vfl_alpha: float = 0.75, vfl_gamma: float = 2.0):
+    def __init__(
+        self,
+        *,
+        kind: str = "focal",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        ia_bce_alpha: float = 0.25,
+        ia_bce_gamma: float = 2.0,
+        qfl_beta: float = 2.0,
+        vfl_alpha: float = 0.75,
+        vfl_gamma: float = 2.0,
+    ):
         super().__init__()
         self.kind = kind
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
@@ -33,16 +42,29 @@ class ClassificationLoss(nn.Module):
             "qfl": {"beta": qfl_beta},
             "vfl": {"alpha": vfl_alpha, "gamma": vfl_gamma},
         }
-        self.iou_aware_fns = {"ia_bce": ia_bce_loss, "qfl": quality_focal_loss, "vfl": varifocal_loss}
+        self.iou_aware_fns = {
+            "ia_bce": ia_bce_loss,
+            "qfl": quality_focal_loss,
+            "vfl": varifocal_loss,
+        }
         if kind != "focal" and kind not in self.iou_aware_fns:
-            raise ValueError(f"classification loss must be one of focal, ia_bce, qfl, vfl; got {kind!r}")
+            raise ValueError(
+                f"classification loss must be one of focal, ia_bce, qfl, vfl; got {kind!r}"
+            )
 
     @classmethod
     def from_config(cls, cfg, *, focal_alpha: float, focal_gamma: float):
         c = cfg.MODEL.CLS_LOSS
-        return {"kind": c.TYPE, "focal_alpha": focal_alpha, "focal_gamma": focal_gamma,
-                "ia_bce_alpha": c.IA_BCE_ALPHA, "ia_bce_gamma": c.IA_BCE_GAMMA, "qfl_beta": c.QFL_BETA,
-                "vfl_alpha": c.VFL_ALPHA, "vfl_gamma": c.VFL_GAMMA}
+        return {
+            "kind": c.TYPE,
+            "focal_alpha": focal_alpha,
+            "focal_gamma": focal_gamma,
+            "ia_bce_alpha": c.IA_BCE_ALPHA,
+            "ia_bce_gamma": c.IA_BCE_GAMMA,
+            "qfl_beta": c.QFL_BETA,
+            "vfl_alpha": c.VFL_ALPHA,
+            "vfl_gamma": c.VFL_GAMMA,
+        }
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}"
@@ -54,8 +76,10 @@ class ClassificationLoss(nn.Module):
 
     def forward(self, logits, labels, ious, normalizer, weights=None) -> torch.Tensor:
         if weights is not None and self.kind != "ia_bce":
-            raise ValueError(f"prime-sample weights scale the IA-BCE target; the {self.kind!r} "
-                             "classification loss takes none")
+            raise ValueError(
+                f"prime-sample weights scale the IA-BCE target; the {self.kind!r} "
+                "classification loss takes none"
+            )
         # In float32 (or wider) whatever the head's precision (mixed-precision training).
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         if self.kind == "focal":  # detectron2's RetinaNet / FCOS classification loss
@@ -64,8 +88,15 @@ class ClassificationLoss(nn.Module):
             # detectron2 calls: TorchScript's profiling executor differentiates a scripted
             # function with other formulas from its second call on, so the first training step
             # of a process (a resumed run's) would round its gradients differently.
-            return sigmoid_focal_loss(logits, target, alpha=self.focal_alpha,
-                                          gamma=self.focal_gamma, reduction="sum") / normalizer
-        options = self.options[self.kind] if weights is None else {**self.options[self.kind],
-                                                                   "weights": weights}
+            return (
+                sigmoid_focal_loss(
+                    logits, target, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+                )
+                / normalizer
+            )
+        options = (
+            self.options[self.kind]
+            if weights is None
+            else {**self.options[self.kind], "weights": weights}
+        )
         return self.iou_aware_fns[self.kind](logits, labels, ious, normalizer=normalizer, **options)

@@ -1,13 +1,13 @@
 """Correlation Loss as a module of a detector: the term ``λ·(1 − ρ)`` over the positives its
 assigner selected, with ρ logged to the event storage."""
+
 from typing import Dict, Optional
 
 import torch
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
+from torch import nn
 
 from ..config import GROUPINGS
 from ..losses import correlation_coefficients
@@ -54,10 +54,18 @@ class CorrelationLoss(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, weight: float, kind: str = "spearman", rank_strength: float = 1.0,
-                 group_by: str = "batch", min_positives: int = 2,
-                 gather_across_processes: bool = False, loss_name: str = "loss_corr",
-                 metric_prefix: str = "corr/"):
+    def __init__(
+        self,
+        *,
+        weight: float,
+        kind: str = "spearman",
+        rank_strength: float = 1.0,
+        group_by: str = "batch",
+        min_positives: int = 2,
+        gather_across_processes: bool = False,
+        loss_name: str = "loss_corr",
+        metric_prefix: str = "corr/",
+    ):
         """
         Args:
             weight: λ; 0 adds no loss term (ρ is still logged).
@@ -83,8 +91,14 @@ class CorrelationLoss(nn.Module):
         self.metric_prefix = metric_prefix
 
     @classmethod
-    def from_config(cls, cfg, *, default_group_by: str = "batch", loss_name: str = "loss_corr",
-                    metric_prefix: str = "corr/"):
+    def from_config(
+        cls,
+        cfg,
+        *,
+        default_group_by: str = "batch",
+        loss_name: str = "loss_corr",
+        metric_prefix: str = "corr/",
+    ):
         corr = cfg.MODEL.CORR_LOSS
         return {
             "weight": corr.WEIGHT,
@@ -98,24 +112,35 @@ class CorrelationLoss(nn.Module):
         }
 
     def extra_repr(self) -> str:
-        return (f"weight={self.weight}, kind={self.kind}, rank_strength={self.rank_strength}, "
-                f"group_by={self.group_by}, min_positives={self.min_positives}")
+        return (
+            f"weight={self.weight}, kind={self.kind}, rank_strength={self.rank_strength}, "
+            f"group_by={self.group_by}, min_positives={self.min_positives}"
+        )
 
     def _group_ids(self, level_index, image_index) -> Optional[torch.Tensor]:
         if self.group_by == "batch":
             return None
         ids = level_index if self.group_by == "level" else image_index
         if ids is None:
-            raise ValueError(f"CorrelationLoss(group_by={self.group_by!r}) needs "
-                             f"{self.group_by}_index from its caller")
+            raise ValueError(
+                f"CorrelationLoss(group_by={self.group_by!r}) needs "
+                f"{self.group_by}_index from its caller"
+            )
         if self.group_by == "image" and self.gather_across_processes:
             ids = ids + (comm.get_rank() << 32)  # image ids are per process; keep them apart
         return ids
 
-    def forward(self, gt_class_logits: torch.Tensor, pred_boxes: torch.Tensor,
-                gt_boxes: torch.Tensor, *, level_index: Optional[torch.Tensor] = None,
-                image_index: Optional[torch.Tensor] = None, ious: Optional[torch.Tensor] = None,
-                name_suffix: str = "") -> Dict[str, torch.Tensor]:
+    def forward(
+        self,
+        gt_class_logits: torch.Tensor,
+        pred_boxes: torch.Tensor,
+        gt_boxes: torch.Tensor,
+        *,
+        level_index: Optional[torch.Tensor] = None,
+        image_index: Optional[torch.Tensor] = None,
+        ious: Optional[torch.Tensor] = None,
+        name_suffix: str = "",
+    ) -> Dict[str, torch.Tensor]:
         """
         Args:
             gt_class_logits: (P,) classification logit of each positive's ground-truth class.
@@ -135,9 +160,14 @@ class CorrelationLoss(nn.Module):
         groups = self._group_ids(level_index, image_index)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.weight > 0):
             corr = correlation_coefficients(
-                torch.sigmoid(gt_class_logits.float()), ious, self.kind, groups=groups,
-                strength=self.rank_strength, min_samples=self.min_positives,
-                gather_across_processes=self.gather_across_processes)
+                torch.sigmoid(gt_class_logits.float()),
+                ious,
+                self.kind,
+                groups=groups,
+                strength=self.rank_strength,
+                min_samples=self.min_positives,
+                gather_across_processes=self.gather_across_processes,
+            )
             loss = corr.loss()
         if self.training:
             storage = get_event_storage()

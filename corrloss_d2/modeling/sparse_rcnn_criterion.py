@@ -5,17 +5,23 @@
 Conventions: B images, N learnable proposals, K classes, S RoIAlign resolution, d hidden width.
 Boxes are XYXY in the pixels of the (resized) input image unless a name says otherwise.
 """
+
 from typing import Dict, List, NamedTuple, Tuple
 
 import torch
+from detectron2.structures import Instances
+from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss
 from torch import nn
 
-from detectron2.structures import Instances
-from detectron2.utils.events import get_event_storage
-
-from ..losses import (alignment_quality, capped_matches_per_target, mean_over_processes,
-                      one_to_k_assignment, prime_sample_weights, set_matching_cost)
+from ..losses import (
+    alignment_quality,
+    capped_matches_per_target,
+    mean_over_processes,
+    one_to_k_assignment,
+    prime_sample_weights,
+    set_matching_cost,
+)
 from .classification_loss import ClassificationLoss
 from .correlation_loss import CorrelationLoss, matched_box_iou
 from .sparse_rcnn_head import StageOutput
@@ -35,8 +41,11 @@ class BatchTargets(NamedTuple):
     def cat(cls, targets: List[Instances]) -> "BatchTargets":
         classes = torch.cat([t.gt_classes for t in targets])
         counts = torch.tensor([len(t) for t in targets], device=classes.device)
-        return cls(classes, torch.cat([t.gt_boxes.tensor for t in targets]).float(),
-                   torch.cumsum(counts, 0) - counts)
+        return cls(
+            classes,
+            torch.cat([t.gt_boxes.tensor for t in targets]).float(),
+            torch.cumsum(counts, 0) - counts,
+        )
 
 
 class SparseRCNNCriterion(nn.Module):
@@ -52,11 +61,21 @@ class SparseRCNNCriterion(nn.Module):
     the classification target.
     """
 
-    def __init__(self, *, num_classes: int, classification_loss: ClassificationLoss,
-                 correlation_loss: CorrelationLoss, class_weight: float = 2.0,
-                 l1_weight: float = 5.0, giou_weight: float = 2.0, focal_alpha: float = 0.25,
-                 focal_gamma: float = 2.0, one_to_many_k: int = 0, prime_sample_tau: float = 0.0,
-                 quality_alpha: float = 0.25):
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        classification_loss: ClassificationLoss,
+        correlation_loss: CorrelationLoss,
+        class_weight: float = 2.0,
+        l1_weight: float = 5.0,
+        giou_weight: float = 2.0,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        one_to_many_k: int = 0,
+        prime_sample_tau: float = 0.0,
+        quality_alpha: float = 0.25,
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.classification_loss = classification_loss
@@ -72,22 +91,31 @@ class SparseRCNNCriterion(nn.Module):
         return 1 if stage == num_stages - 1 or self.one_to_many_k == 0 else self.one_to_many_k
 
     @torch.no_grad()
-    def match(self, output: StageOutput, targets: List[Instances], image_whwh: torch.Tensor,
-              k: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def match(
+        self, output: StageOutput, targets: List[Instances], image_whwh: torch.Tensor, k: int
+    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """Per image, ``(query_index, gt_index)`` (M_b,) int64 pairs of a one-to-k assignment."""
         matches = []
         for logits, boxes, target, whwh in zip(output.logits, output.boxes, targets, image_whwh):
             cost = set_matching_cost(
-                logits, boxes, target.gt_classes, target.gt_boxes.tensor, whwh,
-                class_weight=self.loss_weights["cls"], l1_weight=self.loss_weights["bbox"],
-                giou_weight=self.loss_weights["giou"], focal_alpha=self.focal_alpha,
-                focal_gamma=self.focal_gamma)
+                logits,
+                boxes,
+                target.gt_classes,
+                target.gt_boxes.tensor,
+                whwh,
+                class_weight=self.loss_weights["cls"],
+                l1_weight=self.loss_weights["bbox"],
+                giou_weight=self.loss_weights["giou"],
+                focal_alpha=self.focal_alpha,
+                focal_gamma=self.focal_gamma,
+            )
             capped = capped_matches_per_target(k, logits.shape[0], len(target))
             matches.append(one_to_k_assignment(cost, capped))
         return matches
 
-    def forward(self, outputs: List[StageOutput], targets: List[Instances],
-                image_whwh: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(
+        self, outputs: List[StageOutput], targets: List[Instances], image_whwh: torch.Tensor
+    ) -> Dict[str, torch.Tensor]:
         """
         Args:
             outputs: per stage, logits (B, N, K) and boxes (B, N, 4).
@@ -103,8 +131,11 @@ class SparseRCNNCriterion(nn.Module):
             self.check_diverged(output, stage)
             k = self.matches_per_target(stage, len(outputs))
             matches = self.match(output, targets, image_whwh, k)
-            losses.update(self.stage_losses(output, batch_targets, image_whwh, matches, normalizer,
-                                            suffix=f"_stage{stage}"))
+            losses.update(
+                self.stage_losses(
+                    output, batch_targets, image_whwh, matches, normalizer, suffix=f"_stage{stage}"
+                )
+            )
         return losses
 
     @staticmethod
@@ -122,16 +153,24 @@ class SparseRCNNCriterion(nn.Module):
                 f"CorrSparseRCNN stage {stage} predicted {problem} at iteration "
                 f"{get_event_storage().iter}: training diverged. Lower SOLVER.BASE_LR (Sparse "
                 "R-CNN: 2.5e-5 at batch 16, scaled with the batch) or keep SOLVER.CLIP_GRADIENTS "
-                "enabled.")
+                "enabled."
+            )
 
     @staticmethod
     def num_boxes_normalizer(targets: List[Instances], device) -> float:
         """Ground-truth boxes of the batch, averaged over processes, at least 1."""
         return max(mean_over_processes(sum(len(t) for t in targets), device), 1.0)
 
-    def stage_losses(self, output: StageOutput, targets: BatchTargets, image_whwh: torch.Tensor,
-                     matches: List[Tuple[torch.Tensor, torch.Tensor]], normalizer: float, *,
-                     suffix: str) -> Dict[str, torch.Tensor]:
+    def stage_losses(
+        self,
+        output: StageOutput,
+        targets: BatchTargets,
+        image_whwh: torch.Tensor,
+        matches: List[Tuple[torch.Tensor, torch.Tensor]],
+        normalizer: float,
+        *,
+        suffix: str,
+    ) -> Dict[str, torch.Tensor]:
         """Losses of one stage given its matches (see :meth:`match`)."""
         num_images, num_proposals, num_classes = output.logits.shape
         image_index = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)])
@@ -145,32 +184,49 @@ class SparseRCNNCriterion(nn.Module):
         ious = matched_box_iou(matched_boxes.detach(), gt_boxes)
         weights = None
         if self.prime_sample_tau > 0:
-            quality = alignment_quality(torch.sigmoid(matched_logits.detach()), ious,
-                                        self.quality_alpha)
+            quality = alignment_quality(
+                torch.sigmoid(matched_logits.detach()), ious, self.quality_alpha
+            )
             weights = prime_sample_weights(quality, gt_index, tau=self.prime_sample_tau)
 
         flat_index = image_index * num_proposals + query_index
-        labels = torch.full((num_images * num_proposals,), num_classes, dtype=torch.int64,
-                            device=logits.device)
+        labels = torch.full(
+            (num_images * num_proposals,), num_classes, dtype=torch.int64, device=logits.device
+        )
         labels[flat_index] = gt_classes
         row_ious = row_weights = None
         if self.classification_loss.uses_ious:
             row_ious = torch.zeros_like(labels, dtype=ious.dtype).index_put_((flat_index,), ious)
         if weights is not None and self.classification_loss.kind == "ia_bce":
-            row_weights = torch.ones_like(labels, dtype=weights.dtype).index_put_((flat_index,), weights)
-        loss_cls = self.classification_loss(logits.flatten(0, 1), labels, row_ious, normalizer,
-                                            weights=row_weights)
+            row_weights = torch.ones_like(labels, dtype=weights.dtype).index_put_(
+                (flat_index,), weights
+            )
+        loss_cls = self.classification_loss(
+            logits.flatten(0, 1), labels, row_ious, normalizer, weights=row_weights
+        )
 
         whwh = image_whwh[image_index]
         loss_l1 = (matched_boxes / whwh - gt_boxes / whwh).abs().sum(dim=1)
         loss_giou = giou_loss(matched_boxes, gt_boxes, reduction="none")
         if weights is not None:
             loss_l1, loss_giou = loss_l1 * weights, loss_giou * weights
-        unweighted = {"cls": loss_cls, "bbox": loss_l1.sum() / normalizer,
-                      "giou": loss_giou.sum() / normalizer}
-        losses = {f"loss_{name}{suffix}": self.loss_weights[name] * value
-                  for name, value in unweighted.items()}
-        losses.update(self.correlation_loss(matched_logits, matched_boxes.detach(), gt_boxes,
-                                            image_index=image_index, ious=ious,
-                                            name_suffix=suffix))
+        unweighted = {
+            "cls": loss_cls,
+            "bbox": loss_l1.sum() / normalizer,
+            "giou": loss_giou.sum() / normalizer,
+        }
+        losses = {
+            f"loss_{name}{suffix}": self.loss_weights[name] * value
+            for name, value in unweighted.items()
+        }
+        losses.update(
+            self.correlation_loss(
+                matched_logits,
+                matched_boxes.detach(),
+                gt_boxes,
+                image_index=image_index,
+                ious=ious,
+                name_suffix=suffix,
+            )
+        )
         return losses

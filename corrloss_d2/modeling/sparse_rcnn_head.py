@@ -5,14 +5,14 @@ logits and refined boxes.
 Conventions: B images, N learnable proposals, K classes, S RoIAlign resolution, d hidden width.
 Boxes are XYXY in the pixels of the (resized) input image unless a name says otherwise.
 """
+
 import math
 from typing import NamedTuple, Tuple
 
 import torch
+from detectron2.modeling.box_regression import Box2BoxTransform
 from torch import nn
 from torch.nn import functional as F
-
-from detectron2.modeling.box_regression import Box2BoxTransform
 
 __all__ = ["StageOutput", "DynamicInstanceInteraction", "SparseRCNNStage", "BOX_DELTA_WEIGHTS"]
 
@@ -39,14 +39,15 @@ class DynamicInstanceInteraction(nn.Module):
     of ``num_dynamic`` 1×1 layers (d → dim_dynamic → … → d) applied to its own RoI feature, which
     is then flattened and projected back to d."""
 
-    def __init__(self, *, hidden_dim: int, dim_dynamic: int, num_dynamic: int,
-                 pooler_resolution: int):
+    def __init__(
+        self, *, hidden_dim: int, dim_dynamic: int, num_dynamic: int, pooler_resolution: int
+    ):
         super().__init__()
         widths = [hidden_dim] + [dim_dynamic] * (num_dynamic - 1) + [hidden_dim]
         self.layer_shapes = list(zip(widths[:-1], widths[1:]))
         self.parameter_generator = nn.Linear(hidden_dim, sum(a * b for a, b in self.layer_shapes))
         self.norms = nn.ModuleList(nn.LayerNorm(out) for _, out in self.layer_shapes)
-        self.out_layer = nn.Linear(hidden_dim * pooler_resolution ** 2, hidden_dim)
+        self.out_layer = nn.Linear(hidden_dim * pooler_resolution**2, hidden_dim)
         self.out_norm = nn.LayerNorm(hidden_dim)
 
     def forward(self, proposal_features: torch.Tensor, roi_features: torch.Tensor) -> torch.Tensor:
@@ -60,7 +61,7 @@ class DynamicInstanceInteraction(nn.Module):
         params = self.parameter_generator(proposal_features)
         offset = 0
         for (fan_in, fan_out), norm in zip(self.layer_shapes, self.norms):
-            weight = params[:, offset:offset + fan_in * fan_out].view(-1, fan_in, fan_out)
+            weight = params[:, offset : offset + fan_in * fan_out].view(-1, fan_in, fan_out)
             offset += fan_in * fan_out
             x = F.relu(norm(torch.bmm(x, weight)))
         return F.relu(self.out_norm(self.out_layer(x.flatten(1))))
@@ -70,21 +71,40 @@ class SparseRCNNStage(nn.Module):
     """One iterative head: self-attention over proposals → dynamic instance interaction → FFN →
     class logits and box deltas relative to the stage's input boxes."""
 
-    def __init__(self, *, num_classes: int, hidden_dim: int, num_heads: int, dim_feedforward: int,
-                 dropout: float, dim_dynamic: int, num_dynamic: int, pooler_resolution: int,
-                 num_cls_layers: int, num_reg_layers: int, prior_prob: float,
-                 box2box_transform: Box2BoxTransform):
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        hidden_dim: int,
+        num_heads: int,
+        dim_feedforward: int,
+        dropout: float,
+        dim_dynamic: int,
+        num_dynamic: int,
+        pooler_resolution: int,
+        num_cls_layers: int,
+        num_reg_layers: int,
+        prior_prob: float,
+        box2box_transform: Box2BoxTransform,
+    ):
         super().__init__()
-        self.self_attention = nn.MultiheadAttention(hidden_dim, num_heads, dropout=dropout,
-                                                    batch_first=True)
+        self.self_attention = nn.MultiheadAttention(
+            hidden_dim, num_heads, dropout=dropout, batch_first=True
+        )
         self.attention_norm = nn.LayerNorm(hidden_dim)
         self.interaction = DynamicInstanceInteraction(
-            hidden_dim=hidden_dim, dim_dynamic=dim_dynamic, num_dynamic=num_dynamic,
-            pooler_resolution=pooler_resolution)
+            hidden_dim=hidden_dim,
+            dim_dynamic=dim_dynamic,
+            num_dynamic=num_dynamic,
+            pooler_resolution=pooler_resolution,
+        )
         self.interaction_norm = nn.LayerNorm(hidden_dim)
         self.feedforward = nn.Sequential(
-            nn.Linear(hidden_dim, dim_feedforward), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(dim_feedforward, hidden_dim))
+            nn.Linear(hidden_dim, dim_feedforward),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(dim_feedforward, hidden_dim),
+        )
         self.feedforward_norm = nn.LayerNorm(hidden_dim)
         self.dropout = nn.Dropout(dropout)
         self.cls_tower = _linear_norm_relu_layers(hidden_dim, num_cls_layers)
@@ -97,8 +117,9 @@ class SparseRCNNStage(nn.Module):
                 nn.init.xavier_uniform_(p)
         nn.init.constant_(self.class_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
-    def forward(self, roi_features: torch.Tensor, proposal_features: torch.Tensor,
-                boxes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, roi_features: torch.Tensor, proposal_features: torch.Tensor, boxes: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """
         Args:
             roi_features: (B·N, d, S, S) RoIAlign features of ``boxes``, image-major.
@@ -108,13 +129,17 @@ class SparseRCNNStage(nn.Module):
             (B, N, d).
         """
         num_images, num_proposals, width = proposal_features.shape
-        attended = self.self_attention(proposal_features, proposal_features, proposal_features,
-                                       need_weights=False)[0]
+        attended = self.self_attention(
+            proposal_features, proposal_features, proposal_features, need_weights=False
+        )[0]
         x = self.attention_norm(proposal_features + self.dropout(attended)).reshape(-1, width)
         x = self.interaction_norm(x + self.dropout(self.interaction(x, roi_features)))
         x = self.feedforward_norm(x + self.dropout(self.feedforward(x)))
         logits = self.class_logits(self.cls_tower(x))
         deltas = self.box_deltas(self.reg_tower(x))
         refined = self.box2box_transform.apply_deltas(deltas, boxes.reshape(-1, 4))
-        return (logits.view(num_images, num_proposals, -1), refined.view(num_images, num_proposals, 4),
-                x.view(num_images, num_proposals, width))
+        return (
+            logits.view(num_images, num_proposals, -1),
+            refined.view(num_images, num_proposals, 4),
+            x.view(num_images, num_proposals, width),
+        )

@@ -1,12 +1,13 @@
 """The embedded "shapes" dataset (deterministic, cached) and COCO-json registration without code."""
+
 import json
 import os
 
 import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import corrloss_d2  # noqa: F401
 from corrloss_d2.data import datasets, synthetic
-from detectron2.data import DatasetCatalog, MetadataCatalog
 
 
 def test_generation_is_deterministic_and_prefix_stable(tmp_path):
@@ -15,8 +16,9 @@ def test_generation_is_deterministic_and_prefix_stable(tmp_path):
     prefix = json.load(open(synthetic.generate_split(tmp_path / "c", "val", 2, seed=7)))
     assert first == again
     for name in ("val_00000.jpg", "val_00003.jpg"):
-        assert (tmp_path / "a/images/val" / name).read_bytes() == \
-            (tmp_path / "b/images/val" / name).read_bytes()
+        assert (tmp_path / "a/images/val" / name).read_bytes() == (
+            tmp_path / "b/images/val" / name
+        ).read_bytes()
     assert prefix["annotations"] == [a for a in first["annotations"] if a["image_id"] <= 2]
     other_seed = json.load(open(synthetic.generate_split(tmp_path / "d", "val", 4, seed=8)))
     assert other_seed["annotations"] != first["annotations"]
@@ -57,13 +59,19 @@ def test_coco_json_datasets_from_the_environment(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="name=annotations.json:image_folder"):
         datasets.parse_coco_dataset_list("only_a_name")
 
-    monkeypatch.setenv(datasets.COCO_DATASETS_ENV, f"mine_env={json_file}:{tmp_path}/images/val;"
-                       f"mine_missing={tmp_path}/nothing.json:{tmp_path}")
+    monkeypatch.setenv(
+        datasets.COCO_DATASETS_ENV,
+        f"mine_env={json_file}:{tmp_path}/images/val;"
+        f"mine_missing={tmp_path}/nothing.json:{tmp_path}",
+    )
     datasets.register_corrloss_datasets()
     dicts = DatasetCatalog.get("mine_env")
     assert len(dicts) == 2 and MetadataCatalog.get("mine_env").thing_classes == list(
-        synthetic.SHAPES_CLASSES)
-    with pytest.raises(FileNotFoundError, match="nothing.json does not exist.*CORRLOSS_COCO_DATASETS"):
+        synthetic.SHAPES_CLASSES
+    )
+    with pytest.raises(
+        FileNotFoundError, match="nothing.json does not exist.*CORRLOSS_COCO_DATASETS"
+    ):
         DatasetCatalog.get("mine_missing")
     monkeypatch.setenv(datasets.COCO_DATASETS_ENV, f"mine_env={tmp_path}/other.json:{tmp_path}")
     with pytest.raises(ValueError, match="'mine_env'.*already registered"):

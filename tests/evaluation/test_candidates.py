@@ -1,4 +1,5 @@
 """Pre-NMS candidates of CorrRetinaNet / CorrFCOS: only while recording, outputs unchanged."""
+
 import pytest
 import torch
 
@@ -9,8 +10,9 @@ from tests.tiny import synthetic_batch, tiny_model
 @pytest.mark.parametrize("arch,node", [("CorrRetinaNet", "RETINANET"), ("CorrFCOS", "FCOS")])
 def test_candidates_only_while_recording_and_outputs_unchanged(arch, node):
     # An untrained model scores everything near its prior (0.01): threshold 0 keeps candidates.
-    model = tiny_model(arch, f"MODEL.{node}.SCORE_THRESH_TEST", 0.0,
-                       f"MODEL.{node}.TOPK_CANDIDATES_TEST", 50).eval()
+    model = tiny_model(
+        arch, f"MODEL.{node}.SCORE_THRESH_TEST", 0.0, f"MODEL.{node}.TOPK_CANDIDATES_TEST", 50
+    ).eval()
     batch = [{"image": b["image"], "height": 150, "width": 170} for b in synthetic_batch(2)]
     with torch.no_grad():
         normal = model(batch)
@@ -25,14 +27,24 @@ def test_candidates_only_while_recording_and_outputs_unchanged(arch, node):
         assert set(plain) == set(later) == {"instances"}
         assert set(with_candidates) == {"instances", "candidates"}
         for field in ("scores", "pred_classes"):
-            assert torch.equal(plain["instances"].get(field), with_candidates["instances"].get(field))
-        assert torch.equal(plain["instances"].pred_boxes.tensor,
-                           with_candidates["instances"].pred_boxes.tensor)
+            assert torch.equal(
+                plain["instances"].get(field), with_candidates["instances"].get(field)
+            )
+        assert torch.equal(
+            plain["instances"].pred_boxes.tensor, with_candidates["instances"].pred_boxes.tensor
+        )
         candidates = with_candidates["candidates"]
         assert candidates.image_size == plain["instances"].image_size == (150, 170)
         assert len(candidates) >= len(plain["instances"]) > 0
         # Every kept detection is one of the candidates (NMS only removes).
         kept = plain["instances"].pred_boxes.tensor
-        distance = torch.cdist(kept, candidates.pred_boxes.tensor,  # exact, not via matmul
-                               compute_mode="donot_use_mm_for_euclid_dist").min(dim=1).values
+        distance = (
+            torch.cdist(
+                kept,
+                candidates.pred_boxes.tensor,  # exact, not via matmul
+                compute_mode="donot_use_mm_for_euclid_dist",
+            )
+            .min(dim=1)
+            .values
+        )
         assert distance.max() < 1e-3

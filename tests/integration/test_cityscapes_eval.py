@@ -2,6 +2,7 @@
 real layout, polygon json, and instance/label id images written by the toolkit's own
 json2instanceImg/json2labelImg. Boxes against hand-made expectations, COCO box AP and the
 official instance-level evaluation end to end, in one and in two processes."""
+
 import glob
 import json
 import os
@@ -9,26 +10,29 @@ import os
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-import corrloss_d2  # noqa: F401  (registers the Cityscapes splits)
 from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as instance_level_eval
 from cityscapesscripts.helpers.annotation import Annotation
 from cityscapesscripts.helpers.labels import id2label
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from cityscapesscripts.preparation.json2labelImg import json2labelImg
-from corrloss_d2.data import CITYSCAPES_DETECTION_SPLITS, register_cityscapes_detection
-from corrloss_d2.data.augmentation import build_train_augmentation
-from corrloss_d2.data.cityscapes import CITYSCAPES_THING_CLASSES, cityscapes_gt_file
-from corrloss_d2 import add_corrloss_config
-from corrloss_d2.evaluation import (CityscapesInstanceLevelEvaluator, build_cityscapes_evaluator,
-                                    build_evaluator)
 from detectron2.config import get_cfg
-from detectron2.data import transforms as T
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
 from detectron2.engine import launch
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.structures import Boxes, Instances
+from PIL import Image
+
+import corrloss_d2  # noqa: F401  (registers the Cityscapes splits)
+from corrloss_d2 import add_corrloss_config
+from corrloss_d2.data import CITYSCAPES_DETECTION_SPLITS, register_cityscapes_detection
+from corrloss_d2.data.augmentation import build_train_augmentation
+from corrloss_d2.data.cityscapes import CITYSCAPES_THING_CLASSES, cityscapes_gt_file
+from corrloss_d2.evaluation import (
+    CityscapesInstanceLevelEvaluator,
+    build_cityscapes_evaluator,
+    build_evaluator,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WIDTH, HEIGHT = 128, 64
@@ -74,8 +78,11 @@ PERSON, RIDER, CAR, TRUCK, BUS, BICYCLE = 0, 1, 2, 3, 4, 7
 # image name -> (category_id, XYXY box with x1/y1 one past the last pixel, iscrowd), in
 # increasing instanceIds value (group regions have the bare label id, instances id * 1000 + n).
 EXPECTED_ANNOTATIONS = {
-    "aachen_000000_000019": [(PERSON, [60, 10, 80, 50], 0), (CAR, [4, 4, 44, 24], 0),
-                             (BICYCLE, [70, 32, 100, 62], 0)],
+    "aachen_000000_000019": [
+        (PERSON, [60, 10, 80, 50], 0),
+        (CAR, [4, 4, 44, 24], 0),
+        (BICYCLE, [70, 32, 100, 62], 0),
+    ],
     "aachen_000001_000019": [(CAR, [0, 30, 30, 60], 1), (CAR, [40, 20, 80, 50], 0)],
     "bochum_000000_000313": [(RIDER, [10, 10, 30, 50], 0), (BUS, [50, 5, 110, 55], 0)],
     "bochum_000001_000313": [],
@@ -138,8 +145,11 @@ def instance_masks(instance_ids_file):
     """(N, H, W) bool masks of the instances and group regions of the 8 classes, in increasing id
     order: the order of the loader's annotations."""
     ids = np.asarray(Image.open(instance_ids_file))
-    values = [v for v in np.unique(ids).tolist()
-              if id2label[v // 1000 if v >= 1000 else v].name in CITYSCAPES_THING_CLASSES]
+    values = [
+        v
+        for v in np.unique(ids).tolist()
+        if id2label[v // 1000 if v >= 1000 else v].name in CITYSCAPES_THING_CLASSES
+    ]
     masks = np.array([ids == v for v in values], dtype=bool).reshape(len(values), *ids.shape)
     return torch.from_numpy(masks)
 
@@ -153,11 +163,16 @@ def gt_predictions(dataset_dict, gt_dir, shift=0.0, with_masks=False):
     boxes[:, 0::2] += shift
     classes = torch.tensor([a["category_id"] for a in annotations], dtype=torch.int64)
     scores = torch.tensor([0.5 if a["iscrowd"] else 1.0 for a in annotations])
-    instances = Instances((dataset_dict["height"], dataset_dict["width"]), pred_boxes=Boxes(boxes),
-                          scores=scores, pred_classes=classes)
+    instances = Instances(
+        (dataset_dict["height"], dataset_dict["width"]),
+        pred_boxes=Boxes(boxes),
+        scores=scores,
+        pred_classes=classes,
+    )
     if with_masks:
         instances.pred_masks = instance_masks(
-            cityscapes_gt_file(gt_dir, dataset_dict["file_name"], "gtFine_instanceIds.png"))
+            cityscapes_gt_file(gt_dir, dataset_dict["file_name"], "gtFine_instanceIds.png")
+        )
         assert len(instances.pred_masks) == len(instances)
     return instances
 
@@ -179,13 +194,23 @@ def evaluate(name, output_dir, dataset_dicts=None, **prediction_options):
 
 def test_splits_are_registered_at_import_under_detectron2_datasets():
     root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
-    assert set(CITYSCAPES_DETECTION_SPLITS) == {"cityscapes_fine_detection_train",
-                                                "cityscapes_fine_detection_val"}
+    assert set(CITYSCAPES_DETECTION_SPLITS) == {
+        "cityscapes_fine_detection_train",
+        "cityscapes_fine_detection_val",
+    }
     for name, split in CITYSCAPES_DETECTION_SPLITS.items():
         assert name in DatasetCatalog.list()
         metadata = MetadataCatalog.get(name)
-        assert metadata.thing_classes == ["person", "rider", "car", "truck", "bus", "train",
-                                          "motorcycle", "bicycle"]
+        assert metadata.thing_classes == [
+            "person",
+            "rider",
+            "car",
+            "truck",
+            "bus",
+            "train",
+            "motorcycle",
+            "bicycle",
+        ]
         assert metadata.image_dir == os.path.join(root, "cityscapes", "leftImg8bit", split)
         assert metadata.gt_dir == os.path.join(root, "cityscapes", "gtFine", split)
 
@@ -197,7 +222,7 @@ def leaf_evaluators(evaluator):
 
 
 def test_cityscapes_datasets_get_box_ap_and_the_official_evaluator(val_name, tmp_path):
-    """What train_net.py's trainer builds for a Cityscapes dataset (their results: the tests below)."""
+    """What train_net.py's trainer builds for a Cityscapes dataset (their results: tests below)."""
     cfg = get_cfg()
     add_corrloss_config(cfg)
     cfg.OUTPUT_DIR = str(tmp_path)
@@ -218,8 +243,10 @@ def test_boxes_classes_and_crowds_match_hand_made_expectations(cityscapes_root, 
             assert found == EXPECTED_ANNOTATIONS[image_name(d)], image_name(d)
 
 
-CITYSCAPES_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "Cityscapes", "*.yaml"))
-                            + glob.glob(os.path.join(REPO, "projects", "*", "configs", "cityscapes_*.yaml")))
+CITYSCAPES_CONFIGS = sorted(
+    glob.glob(os.path.join(REPO, "configs", "Cityscapes", "*.yaml"))
+    + glob.glob(os.path.join(REPO, "projects", "*", "configs", "cityscapes_*.yaml"))
+)
 
 
 @pytest.mark.parametrize("path", CITYSCAPES_CONFIGS, ids=os.path.basename)
@@ -263,8 +290,9 @@ def test_missing_or_malformed_layout_names_the_expected_paths(tmp_path):
         DatasetCatalog.get("corrloss_test_cityscapes_bad_json")
 
 
-def test_ground_truth_fed_back_scores_100_in_box_ap_and_official_mask_ap(val_name, tmp_path,
-                                                                          monkeypatch):
+def test_ground_truth_fed_back_scores_100_in_box_ap_and_official_mask_ap(
+    val_name, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     results = evaluate(val_name, tmp_path / "out", with_masks=True)
     assert set(results) == {"bbox", "cityscapes_official_mask"}
@@ -305,8 +333,9 @@ def test_images_without_predictions_count_their_ground_truth_as_missed(val_name,
     dicts = DatasetCatalog.get(val_name)
     bochum = [d for d in dicts if image_name(d) == "bochum_000000_000313"]
     without_detections = [dict(d, annotations=[]) for d in bochum]
-    results = evaluate(val_name, tmp_path,
-                       dataset_dicts=without_detections + [d for d in dicts if d not in bochum])
+    results = evaluate(
+        val_name, tmp_path, dataset_dicts=without_detections + [d for d in dicts if d not in bochum]
+    )
     # rider and bus have ground truth only there and no detection left: AP 0 for both classes
     official = results["cityscapes_official_boxmask"]
     assert official["AP-rider"] == 0.0 and official["AP-bus"] == 0.0
@@ -319,8 +348,9 @@ def test_missing_or_mismatched_instance_ids_images_are_named(tmp_path):
     root = write_cityscapes(tmp_path / "cityscapes", {"val": {"ulm_000000_000019": objects}})
     name = register("corrloss_test_cityscapes_small_ids", root)
     (dataset_dict,) = DatasetCatalog.get(name)
-    instance_ids_file = cityscapes_gt_file(MetadataCatalog.get(name).gt_dir,
-                                           dataset_dict["file_name"], "gtFine_instanceIds.png")
+    instance_ids_file = cityscapes_gt_file(
+        MetadataCatalog.get(name).gt_dir, dataset_dict["file_name"], "gtFine_instanceIds.png"
+    )
     Image.new("I;16", (WIDTH // 2, HEIGHT // 2)).save(instance_ids_file)
     with pytest.raises(ValueError, match=f"ground truth {instance_ids_file} is 32 x 64"):
         evaluate(name, tmp_path / "out")

@@ -1,11 +1,18 @@
 """Behaviour of the detectron2 install the project set up: compiled ops present, or clear errors."""
+
 import pytest
 import torch
 
 import corrloss_d2  # noqa: F401  (registers the placeholders where needed)
-from corrloss_d2.compiled_ops import MissingCompiledOpError, check_config_compiled_ops, has_compiled_ops
+from corrloss_d2.compiled_ops import (
+    MissingCompiledOpError,
+    check_config_compiled_ops,
+    has_compiled_ops,
+)
 
-needs_fallback = pytest.mark.skipif(has_compiled_ops(), reason="detectron2 has its compiled ops here")
+needs_fallback = pytest.mark.skipif(
+    has_compiled_ops(), reason="detectron2 has its compiled ops here"
+)
 
 
 @needs_fallback

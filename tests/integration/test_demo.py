@@ -1,6 +1,7 @@
 """The demo's path, shortened: tools/compare_correlation.py trains baseline and Correlation Loss
 on the embedded dataset (a few iterations, a small held-out subset registered from the
 environment), and tools/plot_correlation.py; their tables hold the evaluator's numbers."""
+
 import csv
 import json
 import math
@@ -19,14 +20,34 @@ pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A briefly trained model scores near its prior (0.01): a low threshold and few candidates per
 # level keep it returning detections, quickly.
-SHORT = ["SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "2",
-         "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "('shapes_val_head',)",
-         "MODEL.RETINANET.SCORE_THRESH_TEST", "0.005", "MODEL.RETINANET.TOPK_CANDIDATES_TEST", "100"]
+SHORT = [
+    "SOLVER.MAX_ITER",
+    "4",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.WARMUP_ITERS",
+    "2",
+    "SOLVER.STEPS",
+    "()",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "DATASETS.TEST",
+    "('shapes_val_head',)",
+    "MODEL.RETINANET.SCORE_THRESH_TEST",
+    "0.005",
+    "MODEL.RETINANET.TOPK_CANDIDATES_TEST",
+    "100",
+]
 
 
 def run_tool(script, *args, env):
-    result = subprocess.run([sys.executable, os.path.join(REPO, "tools", script), *args],
-                            capture_output=True, text=True, timeout=900, env=env)
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", script), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -37,12 +58,17 @@ def demo(tmp_path_factory):
     paths = synthetic.ensure_shapes_dataset()
     val = json.load(open(paths["json:val"]))
     head_ids = {image["id"] for image in val["images"][:12]}
-    head = {**val, "images": [i for i in val["images"] if i["id"] in head_ids],
-            "annotations": [a for a in val["annotations"] if a["image_id"] in head_ids]}
+    head = {
+        **val,
+        "images": [i for i in val["images"] if i["id"] in head_ids],
+        "annotations": [a for a in val["annotations"] if a["image_id"] in head_ids],
+    }
     head_file = folder / "val_head.json"
     head_file.write_text(json.dumps(head))
     env = {**os.environ, COCO_DATASETS_ENV: f"shapes_val_head={head_file}:{paths['images:val']}"}
-    output = run_tool("compare_correlation.py", "--output-dir", str(folder / "out"), *SHORT, env=env)
+    output = run_tool(
+        "compare_correlation.py", "--output-dir", str(folder / "out"), *SHORT, env=env
+    )
     return folder / "out", output, env
 
 
@@ -57,8 +83,13 @@ def test_demo_prints_both_models_side_by_side_and_writes_the_report(demo):
     for _, title in MEASURES:
         assert title in output
     report = out / "report"
-    for name in ("score_vs_iou_density.png", "class_level_rho.png", "ap_bounds.png",
-                 "comparison.md", "comparison.csv"):
+    for name in (
+        "score_vs_iou_density.png",
+        "class_level_rho.png",
+        "ap_bounds.png",
+        "comparison.md",
+        "comparison.csv",
+    ):
         assert (report / name).stat().st_size > 0 and str(report / name) in output
     with open(report / "comparison.csv") as f:
         rows = list(csv.reader(f))
@@ -79,8 +110,17 @@ def test_correlation_measures_reach_metrics_json_and_ap_equals_box_ap(demo):
 
 def test_plot_tool_on_evaluated_runs(demo, tmp_path):
     out, _, env = demo
-    output = run_tool("plot_correlation.py", str(out / "seed0_lambda0"), str(out / "seed0_lambda0.1"),
-                      "--labels", "base", "corr", "--output-dir", str(tmp_path), env=env)
+    output = run_tool(
+        "plot_correlation.py",
+        str(out / "seed0_lambda0"),
+        str(out / "seed0_lambda0.1"),
+        "--labels",
+        "base",
+        "corr",
+        "--output-dir",
+        str(tmp_path),
+        env=env,
+    )
     assert "| base |" in output and "| corr |" in output
     for name in ("score_vs_iou_density.png", "class_level_rho.png", "ap_bounds.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -7,20 +7,20 @@ computed per process (the default) or over both processes' positives
 One launch trains every case; each process saves what it saw (its losses, parameters, the
 samples it fed the correlation term, the normalisers, the ρ it logged) for the tests to compare.
 """
+
 import datetime
 import os
 
+import detectron2.engine.defaults as engine_defaults
 import pytest
 import torch
-
-from corrloss_d2.losses import correlation_coefficients
-from corrloss_d2.engine.trainer import ddp_without_device_ids_for_cpu_models
-from corrloss_d2.modeling import ClassificationLoss, correlation_loss
 from detectron2.engine import launch
 from detectron2.utils import comm
-import detectron2.engine.defaults as engine_defaults
 from detectron2.utils.events import EventStorage
 
+from corrloss_d2.engine.trainer import ddp_without_device_ids_for_cpu_models
+from corrloss_d2.losses import correlation_coefficients
+from corrloss_d2.modeling import ClassificationLoss, correlation_loss
 from tests.tiny import synthetic_batch, tiny_model
 
 pytestmark = pytest.mark.slow
@@ -32,8 +32,16 @@ IMAGES_PER_PROCESS = 2
 CASES = {
     "CorrRetinaNet": ["MODEL.CORR_LOSS.TYPE", "pearson"],  # one ρ per FPN level
     "CorrFCOS": ["MODEL.CORR_LOSS.TYPE", "concordance", "MODEL.CLS_LOSS.TYPE", "ia_bce"],
-    "CorrSparseRCNN": ["MODEL.CORR_LOSS.TYPE", "spearman", "MODEL.CORR_LOSS.RANK_STRENGTH", 1e-3,
-                       "MODEL.CLS_LOSS.TYPE", "ia_bce", "MODEL.SPARSE_RCNN.ONE_TO_MANY_K", 2],
+    "CorrSparseRCNN": [
+        "MODEL.CORR_LOSS.TYPE",
+        "spearman",
+        "MODEL.CORR_LOSS.RANK_STRENGTH",
+        1e-3,
+        "MODEL.CLS_LOSS.TYPE",
+        "ia_bce",
+        "MODEL.SPARSE_RCNN.ONE_TO_MANY_K",
+        2,
+    ],
 }
 # detectron2's initial value of the dense detectors' EMA loss normaliser.
 EMA_INITIAL = {"CorrRetinaNet": 100, "CorrFCOS": 300}
@@ -46,8 +54,14 @@ def rho_suffixes(arch):
 
 def train_one_case(arch, gather, rank):
     """Trains ``arch`` for STEPS SGD steps under DDP on this process's own images."""
-    model = tiny_model(arch, "MODEL.CORR_LOSS.WEIGHT", 0.2,
-                       "MODEL.CORR_LOSS.GATHER_ACROSS_PROCESSES", gather, *CASES[arch])
+    model = tiny_model(
+        arch,
+        "MODEL.CORR_LOSS.WEIGHT",
+        0.2,
+        "MODEL.CORR_LOSS.GATHER_ACROSS_PROCESSES",
+        gather,
+        *CASES[arch],
+    )
     model.train()
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     with ddp_without_device_ids_for_cpu_models():  # as CorrLossTrainer builds it
@@ -58,9 +72,15 @@ def train_one_case(arch, gather, rank):
 
     def coefficients_spy(scores, ious, kind, **kwargs):
         groups = kwargs.get("groups")
-        seen["samples"][-1].append({"scores": scores.detach().clone(), "ious": ious.clone(),
-                                    "groups": None if groups is None else groups.clone(),
-                                    "kind": kind, **kwargs})
+        seen["samples"][-1].append(
+            {
+                "scores": scores.detach().clone(),
+                "ious": ious.clone(),
+                "groups": None if groups is None else groups.clone(),
+                "kind": kind,
+                **kwargs,
+            }
+        )
         return real_coefficients(scores, ious, kind, **kwargs)
 
     def classification_spy(self, logits, labels, ious, normalizer, weights=None):
@@ -85,9 +105,11 @@ def train_one_case(arch, gather, rank):
     finally:
         correlation_loss.correlation_coefficients = real_coefficients
         ClassificationLoss.forward = real_classification
-    seen["logged"] = {name: dict((it, value) for value, it in history.values())
-                      for name, history in storage.histories().items()
-                      if name.startswith("corr/rho") or name == "num_pos_anchors"}
+    seen["logged"] = {
+        name: dict((it, value) for value, it in history.values())
+        for name, history in storage.histories().items()
+        if name.startswith("corr/rho") or name == "num_pos_anchors"
+    }
     seen["initial"] = initial
     seen["params"] = {n: p.detach().clone() for n, p in model.named_parameters()}
     return seen
@@ -96,8 +118,11 @@ def train_one_case(arch, gather, rank):
 def train_every_case(out_dir):
     rank = comm.get_rank()
     torch.set_num_threads(1)
-    results = {(arch, gather): train_one_case(arch, gather, rank)
-               for arch in CASES for gather in (False, True)}
+    results = {
+        (arch, gather): train_one_case(arch, gather, rank)
+        for arch in CASES
+        for gather in (False, True)
+    }
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
@@ -107,8 +132,13 @@ def runs(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CUDA_VISIBLE_DEVICES", "")  # GLOO on the CPU even where GPUs exist
-        launch(train_every_case, WORLD, dist_url=f"file://{out_dir / 'rendezvous'}",
-               args=(str(out_dir),), timeout=datetime.timedelta(minutes=3))
+        launch(
+            train_every_case,
+            WORLD,
+            dist_url=f"file://{out_dir / 'rendezvous'}",
+            args=(str(out_dir),),
+            timeout=datetime.timedelta(minutes=3),
+        )
     per_rank = [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
     return {case: [per_rank[r][case] for r in range(WORLD)] for case in per_rank[0]}
 
@@ -124,8 +154,14 @@ def rho_of(samples):
     scores, ious = (torch.cat([s[key] for s in samples]) for key in ("scores", "ious"))
     groups = None if samples[0]["groups"] is None else torch.cat([s["groups"] for s in samples])
     first = samples[0]
-    corr = correlation_coefficients(scores, ious, first["kind"], groups=groups,
-                                    strength=first["strength"], min_samples=first["min_samples"])
+    corr = correlation_coefficients(
+        scores,
+        ious,
+        first["kind"],
+        groups=groups,
+        strength=first["strength"],
+        min_samples=first["min_samples"],
+    )
     return 1 - corr.loss().item() if bool(corr.valid.any()) else None
 
 
@@ -151,8 +187,10 @@ def test_processes_stay_in_step(runs, arch, gather):
 def test_loss_normalisers_are_averaged_over_processes(runs, arch):
     ranks = runs[arch, False]
     if arch in EMA_INITIAL:  # EMA of the positive count, each step's count averaged over processes
-        counts = [[seen["logged"]["num_pos_anchors"][s] * IMAGES_PER_PROCESS for s in range(STEPS)]
-                  for seen in ranks]
+        counts = [
+            [seen["logged"]["num_pos_anchors"][s] * IMAGES_PER_PROCESS for s in range(STEPS)]
+            for seen in ranks
+        ]
         expected, ema = [], EMA_INITIAL[arch]
         for step in range(STEPS):
             ema = 0.9 * ema + 0.1 * max(sum(c[step] for c in counts) / WORLD, 1)

@@ -4,6 +4,7 @@ later iteration's losses, the final weights and the final AP equal an uninterrup
 bit (same seed, CPU, two data-loading workers), in one process and in two (--num-gpus 2, GLOO;
 the signal sent to the launching process only); --eval-only of the final weights gives the saved
 evaluation."""
+
 import json
 import os
 import re
@@ -21,12 +22,27 @@ from tests.tiny import FAST, REPO
 
 pytestmark = pytest.mark.slow
 
-MAX_ITER = 12
+MAX_ITER = 10
 CONFIG = os.path.join(REPO, "configs", "CPU", "retinanet_R_18_FPN_raccoon_scratch.yaml")
-COMMON = [*FAST, "DATALOADER.NUM_WORKERS", "2", "SOLVER.MAX_ITER", str(MAX_ITER),
-          "SOLVER.IMS_PER_BATCH", "2", "SEED", "7", "SOLVER.CHECKPOINT_PERIOD", "3",
-          "TEST.EVAL_PERIOD", "0", "MODEL.RETINANET.SCORE_THRESH_TEST", "0.01",
-          "CUDNN_BENCHMARK", "False"]
+COMMON = [
+    *FAST,
+    "DATALOADER.NUM_WORKERS",
+    "2",
+    "SOLVER.MAX_ITER",
+    str(MAX_ITER),
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SEED",
+    "7",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "3",
+    "TEST.EVAL_PERIOD",
+    "0",
+    "MODEL.RETINANET.SCORE_THRESH_TEST",
+    "0.01",
+    "CUDNN_BENCHMARK",
+    "False",
+]
 
 # train_net.py's trainer with one more hook: every iteration's losses to OUTPUT_DIR/losses.jsonl
 # (the metrics.json writer reports medians over 20 iterations).
@@ -40,7 +56,8 @@ LOGGED_TRAIN_NET = textwrap.dedent("""
         def after_step(self):
             if comm.get_rank() != 0:
                 return
-            losses = {name: buffer.latest() for name, buffer in self.trainer.storage.histories().items()
+            histories = self.trainer.storage.histories()
+            losses = {name: buffer.latest() for name, buffer in histories.items()
                       if name.startswith("loss") or name == "total_loss"}
             with open(os.path.join(self.trainer.cfg.OUTPUT_DIR, "losses.jsonl"), "a") as f:
                 f.write(json.dumps({"iteration": self.trainer.iter, **losses}) + "\\n")
@@ -57,11 +74,15 @@ LOGGED_TRAIN_NET = textwrap.dedent("""
 """)
 
 
-
 def logged_train_net(script, *args, cwd):
-    return subprocess.Popen([sys.executable, script, "--config-file", CONFIG, *args], cwd=cwd,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})  # GLOO, CPU
+    return subprocess.Popen(
+        [sys.executable, script, "--config-file", CONFIG, *args],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )  # GLOO, CPU
 
 
 def finished(process, expected_status=0):
@@ -93,23 +114,36 @@ def logged_losses(out):
 
 # Two processes (GLOO): the training processes are spawned, and so are their loader workers;
 # one worker each and no evaluation keep it short (evaluation is checked with one process).
-@pytest.mark.parametrize("flags,opts,signal_name", [
-    ((), (), "SIGTERM"),
-    (("--num-gpus", "2", "--dist-url", "auto"), ("DATALOADER.NUM_WORKERS", "1", "DATASETS.TEST", "()"),
-     "SIGTERM/SIGINT (passed on by the launching process)"),
-], ids=["1 process", "2 processes"])
-def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, flags, opts, signal_name, train_net,
-                                                       metrics):
+@pytest.mark.parametrize(
+    "flags,opts,signal_name",
+    [
+        ((), (), "SIGTERM"),
+        (
+            ("--num-gpus", "2", "--dist-url", "auto"),
+            ("DATALOADER.NUM_WORKERS", "1", "DATASETS.TEST", "()"),
+            "SIGTERM/SIGINT (passed on by the launching process)",
+        ),
+    ],
+    ids=["1 process", "2 processes"],
+)
+def test_sigterm_then_resume_matches_uninterrupted_run(
+    tmp_path, flags, opts, signal_name, train_net, metrics
+):
     script = str(tmp_path / "train_net_logged.py")
     with open(script, "w") as f:
         f.write(LOGGED_TRAIN_NET)
     reference = str(tmp_path / "reference")
-    finished(logged_train_net(script, *flags, *COMMON, *opts, "OUTPUT_DIR", reference, cwd=tmp_path))
+    finished(
+        logged_train_net(script, *flags, *COMMON, *opts, "OUTPUT_DIR", reference, cwd=tmp_path)
+    )
 
     out = str(tmp_path / "out")
     output = interrupted_run(script, (*flags, *COMMON, *opts), out, tmp_path)
-    stopped = re.search(rf"stopped by {re.escape(signal_name)} after iteration (\d+); checkpoint "
-                        r"(\S+)\. Continue with the same command and --resume", output)
+    stopped = re.search(
+        rf"stopped by {re.escape(signal_name)} after iteration (\d+); checkpoint "
+        r"(\S+)\. Continue with the same command and --resume",
+        output,
+    )
     assert stopped, output[-3000:]
     iteration, checkpoint = int(stopped.group(1)), stopped.group(2)
     assert 2 <= iteration < MAX_ITER - 1 and os.path.exists(checkpoint)
@@ -122,8 +156,11 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, flags, opts, si
     assert sorted(before_stop) == list(range(iteration))  # the stop iteration's hook never ran
 
     assert "Traceback" not in output, output[-3000:]
-    log = finished(logged_train_net(script, *flags, "--resume", *COMMON, *opts, "OUTPUT_DIR", out,
-                                    cwd=tmp_path))
+    log = finished(
+        logged_train_net(
+            script, *flags, "--resume", *COMMON, *opts, "OUTPUT_DIR", out, cwd=tmp_path
+        )
+    )
     assert f"Starting training from iteration {iteration + 1}" in log
     expected, resumed = logged_losses(reference), logged_losses(out)
     # The stop iteration trained (its losses were not logged); the resumed run starts after it.
@@ -138,8 +175,10 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, flags, opts, si
     # The losses move from iteration to iteration: equal losses are not equal constants.
     assert len({round(expected[it]["total_loss"], 6) for it in range(MAX_ITER)}) == MAX_ITER
 
-    final, expected_weights = weights(os.path.join(out, "model_final.pth")), weights(
-        os.path.join(reference, "model_final.pth"))
+    final, expected_weights = (
+        weights(os.path.join(out, "model_final.pth")),
+        weights(os.path.join(reference, "model_final.pth")),
+    )
     assert final.keys() == expected_weights.keys()
     assert all(torch.equal(final[k], expected_weights[k]) for k in final)
     trained, trained_expected = ([r for r in metrics(d) if "lr" in r][-1] for d in (out, reference))
@@ -150,22 +189,40 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, flags, opts, si
     last, last_expected = metrics(out)[-1], metrics(reference)[-1]
     assert last["bbox/AP"] == last_expected["bbox/AP"]
 
-    log = train_net("--config-file", CONFIG, "--eval-only", *COMMON, "OUTPUT_DIR", str(tmp_path / "eval"),
-                    "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"), cwd=tmp_path)
+    log = train_net(
+        "--config-file",
+        CONFIG,
+        "--eval-only",
+        *COMMON,
+        "OUTPUT_DIR",
+        str(tmp_path / "eval"),
+        "MODEL.WEIGHTS",
+        os.path.join(out, "model_final.pth"),
+        cwd=tmp_path,
+    )
     ap_line = log.split("copypaste: AP,AP50,AP75,APs,APm,APl")[1].splitlines()[1]
-    assert float(ap_line.split("copypaste: ")[1].split(",")[0]) == pytest.approx(last["bbox/AP"], abs=1e-3)
+    assert float(ap_line.split("copypaste: ")[1].split(",")[0]) == pytest.approx(
+        last["bbox/AP"], abs=1e-3
+    )
 
 
-@pytest.mark.parametrize("first,second,forced", [
-    (FORWARDED_STOP_SIGNAL, signal.SIGINT, False),  # Ctrl-C: the launcher's forward came first
-    (signal.SIGINT, FORWARDED_STOP_SIGNAL, False),  # ... or the process group's own signal did
-    (signal.SIGTERM, signal.SIGTERM, True),  # a second stop signal: stop at once
-    (signal.SIGINT, signal.SIGTERM, True),
-])
-def test_a_stop_signal_that_also_arrives_forwarded_is_one_request(monkeypatch, first, second, forced):
+@pytest.mark.parametrize(
+    "first,second,forced",
+    [
+        (FORWARDED_STOP_SIGNAL, signal.SIGINT, False),  # Ctrl-C: the launcher's forward came first
+        (signal.SIGINT, FORWARDED_STOP_SIGNAL, False),  # ... or the process group's own signal did
+        (signal.SIGTERM, signal.SIGTERM, True),  # a second stop signal: stop at once
+        (signal.SIGINT, signal.SIGTERM, True),
+    ],
+)
+def test_a_stop_signal_that_also_arrives_forwarded_is_one_request(
+    monkeypatch, first, second, forced
+):
     raised, handlers = [], []
     monkeypatch.setattr(signal, "raise_signal", raised.append)
-    monkeypatch.setattr(signal, "signal", lambda signum, handler: handlers.append((signum, handler)))
+    monkeypatch.setattr(
+        signal, "signal", lambda signum, handler: handlers.append((signum, handler))
+    )
     hook = StopOnSignal(checkpointer=None)
     hook._handle(first, None)
     hook._handle(second, None)

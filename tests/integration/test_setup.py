@@ -1,4 +1,5 @@
 """The set-up scripts' own checks (they do not reinstall anything here)."""
+
 import os
 import subprocess
 import sys
@@ -11,19 +12,27 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_unknown_detectron2_mode_is_rejected_before_any_work():
-    result = subprocess.run(["bash", os.path.join(REPO, "tools", "setup_env.sh")],
-                            env={**os.environ, "CORRLOSS_DETECTRON2": "conda"},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", os.path.join(REPO, "tools", "setup_env.sh")],
+        env={**os.environ, "CORRLOSS_DETECTRON2": "conda"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
-    assert "CORRLOSS_DETECTRON2='conda' is not one of auto, official, fallback, skip" in result.stderr
+    assert (
+        "CORRLOSS_DETECTRON2='conda' is not one of auto, official, fallback, skip" in result.stderr
+    )
 
 
 def test_install_description_matches_the_runtime():
     helper = os.path.join(REPO, "tools", "detectron2_fallback.py")
-    kind = subprocess.run([sys.executable, helper, "kind"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    described = subprocess.run([sys.executable, helper, "describe"], capture_output=True, text=True,
-                               check=True).stdout
+    kind = subprocess.run(
+        [sys.executable, helper, "kind"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    described = subprocess.run(
+        [sys.executable, helper, "describe"], capture_output=True, text=True, check=True
+    ).stdout
     assert kind == "fallback" or kind.startswith("official:")
     assert ("compiled ops present" in described) == has_compiled_ops()
     if kind == "fallback":

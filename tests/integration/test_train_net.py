@@ -1,5 +1,6 @@
 """train_net.py itself on real data (raccoon): training lowers the loss, evaluation gives COCO
-box metrics, --eval-only and --resume work."""
+box metrics, --eval-only gives the same AP, two processes train with DDP."""
+
 import math
 import os
 
@@ -10,37 +11,62 @@ from tests.tiny import FAST, REPO
 pytestmark = pytest.mark.slow
 
 
-# FCOS's loss normaliser is an EMA of the positive count that starts at 300 (RetinaNet: 100), so
-# its first ~60 iterations show the normaliser settling, not learning; its loss decrease is tested
-# in tests/modeling/test_meta_arch.py with the normaliser preset.
-@pytest.mark.parametrize("arch,score_key,check_loss_drop",
-                         [("retinanet", "RETINANET", True), ("fcos", "FCOS", False)])
-def test_train_then_evaluate_and_resume(tmp_path, arch, score_key, check_loss_drop, train_net,
-                                        metrics):
-    config = os.path.join(REPO, "configs", "CPU", f"{arch}_R_18_FPN_raccoon_scratch.yaml")
+def test_retinanet_training_lowers_the_loss_and_evaluates(tmp_path, train_net, metrics):
+    """60 iterations lower RetinaNet's loss; the final evaluation gives COCO box metrics and ρ
+    is logged. (--eval-only and --resume of this config: tests/integration/test_resume.py.)"""
+    config = os.path.join(REPO, "configs", "CPU", "retinanet_R_18_FPN_raccoon_scratch.yaml")
     out = str(tmp_path / "out")
     # A low score threshold so that a briefly trained model still returns detections to score.
-    common = [*FAST, f"MODEL.{score_key}.SCORE_THRESH_TEST", "0.01", "SEED", "0", "OUTPUT_DIR", out]
-    train_net("--config-file", config, "SOLVER.MAX_ITER", "60", *common, cwd=tmp_path)
+    train_net(
+        "--config-file",
+        config,
+        "SOLVER.MAX_ITER",
+        "60",
+        *FAST,
+        "MODEL.RETINANET.SCORE_THRESH_TEST",
+        "0.01",
+        "SEED",
+        "0",
+        "OUTPUT_DIR",
+        out,
+        cwd=tmp_path,
+    )
     records = metrics(out)
     losses = [r["total_loss"] for r in records if "total_loss" in r]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
-    if check_loss_drop:
-        assert losses[-1] < 0.8 * losses[0], losses
+    assert losses[-1] < 0.8 * losses[0], losses
     assert all("corr/rho" in r for r in records if "total_loss" in r)
+    assert all(math.isfinite(records[-1][k]) for k in ["bbox/AP", "bbox/AP50", "bbox/AP75"])
+
+
+# FCOS's loss normaliser is an EMA of the positive count that starts at 300 (RetinaNet: 100), so
+# its first ~60 iterations show the normaliser settling, not learning; its loss decrease is tested
+# in tests/modeling/test_meta_arch.py with the normaliser preset. Here: a few iterations, the
+# evaluation, and --eval-only of the saved weights.
+def test_fcos_trains_evaluates_and_evaluates_its_weights_again(tmp_path, train_net, metrics):
+    config = os.path.join(REPO, "configs", "CPU", "fcos_R_18_FPN_raccoon_scratch.yaml")
+    out = str(tmp_path / "out")
+    common = [*FAST, "MODEL.FCOS.SCORE_THRESH_TEST", "0.01", "SEED", "0", "OUTPUT_DIR", out]
+    train_net("--config-file", config, "SOLVER.MAX_ITER", "10", *common, cwd=tmp_path)
+    records = metrics(out)
+    assert all(
+        math.isfinite(r["total_loss"]) and "corr/rho" in r for r in records if "total_loss" in r
+    )
     final = records[-1]
-    ap_keys = ["bbox/AP", "bbox/AP50", "bbox/AP75"]
-    assert all(math.isfinite(final[k]) for k in ap_keys), final
-
-    log = train_net("--config-file", config, "--eval-only", "MODEL.WEIGHTS",
-                    os.path.join(out, "model_final.pth"), *common, cwd=tmp_path)
-    assert "copypaste: AP,AP50,AP75" in log
+    assert all(math.isfinite(final[k]) for k in ["bbox/AP", "bbox/AP50", "bbox/AP75"]), final
+    log = train_net(
+        "--config-file",
+        config,
+        "--eval-only",
+        "MODEL.WEIGHTS",
+        os.path.join(out, "model_final.pth"),
+        *common,
+        cwd=tmp_path,
+    )
     ap_line = log.split("copypaste: AP,AP50,AP75,APs,APm,APl")[1].splitlines()[1]
-    assert float(ap_line.split("copypaste: ")[1].split(",")[0]) == pytest.approx(final["bbox/AP"], abs=1e-3)
-
-    log = train_net("--config-file", config, "--resume", "SOLVER.MAX_ITER", "64", *common, cwd=tmp_path)
-    assert "Starting training from iteration 60" in log
-    assert max(r["iteration"] for r in metrics(out) if "total_loss" in r) == 63
+    assert float(ap_line.split("copypaste: ")[1].split(",")[0]) == pytest.approx(
+        final["bbox/AP"], abs=1e-3
+    )
 
 
 def test_two_process_cpu_training_with_ddp_and_gathered_correlation(tmp_path, train_net, metrics):
@@ -49,9 +75,24 @@ def test_two_process_cpu_training_with_ddp_and_gathered_correlation(tmp_path, tr
     positives."""
     config = os.path.join(REPO, "configs", "CPU", "fcos_R_18_FPN_raccoon_scratch.yaml")
     out = str(tmp_path / "out")
-    log = train_net("--num-gpus", "2", "--config-file", config, *FAST, "SOLVER.MAX_ITER", "8",
-                    "SOLVER.IMS_PER_BATCH", "4", "MODEL.CORR_LOSS.GATHER_ACROSS_PROCESSES", "True",
-                    "DATASETS.TEST", "()", "OUTPUT_DIR", out, cwd=tmp_path)
+    log = train_net(
+        "--num-gpus",
+        "2",
+        "--config-file",
+        config,
+        *FAST,
+        "SOLVER.MAX_ITER",
+        "8",
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "MODEL.CORR_LOSS.GATHER_ACROSS_PROCESSES",
+        "True",
+        "DATASETS.TEST",
+        "()",
+        "OUTPUT_DIR",
+        out,
+        cwd=tmp_path,
+    )
     assert "World size: 2" in log
     records = [r for r in metrics(out) if "total_loss" in r]
     assert records and all(math.isfinite(r["total_loss"]) for r in records)

@@ -1,11 +1,12 @@
 """CorrSparseRCNN through train_net.py on real data (raccoon): training lowers the loss and logs ρ
 per stage, evaluation gives COCO box metrics, two GLOO processes train, and a diverging run stops
 with FloatingPointError without saving NaN weights."""
-import pytest
+
 import glob
 import math
 import os
 
+import pytest
 import torch
 
 from tests.tiny import FAST, REPO
@@ -19,16 +20,34 @@ def test_sparse_rcnn_trains_on_raccoon_and_evaluates(tmp_path, train_net, metric
     out = str(tmp_path / "out")
     # A fixed seed: over seeds the 40-iteration loss ratio spreads widely (seeds 0, 1, 2: 0.66,
     # 0.71, 0.52; an unseeded run gave 0.83).
-    train_net("--config-file", CONFIG, *FAST, "SEED", "0", "SOLVER.MAX_ITER", "40",
-              "MODEL.CORR_LOSS.WEIGHT", "0.2",
-              "MODEL.SPARSE_RCNN.NUM_STAGES", "2", "MODEL.SPARSE_RCNN.NUM_PROPOSALS", "25",
-              "TEST.DETECTIONS_PER_IMAGE", "25", "OUTPUT_DIR", out, cwd=tmp_path)
+    train_net(
+        "--config-file",
+        CONFIG,
+        *FAST,
+        "SEED",
+        "0",
+        "SOLVER.MAX_ITER",
+        "40",
+        "MODEL.CORR_LOSS.WEIGHT",
+        "0.2",
+        "MODEL.SPARSE_RCNN.NUM_STAGES",
+        "2",
+        "MODEL.SPARSE_RCNN.NUM_PROPOSALS",
+        "25",
+        "TEST.DETECTIONS_PER_IMAGE",
+        "25",
+        "OUTPUT_DIR",
+        out,
+        cwd=tmp_path,
+    )
     records = metrics(out)
     losses = [r["total_loss"] for r in records if "total_loss" in r]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.8 * losses[0], losses
     trained = [r for r in records if "total_loss" in r]
-    assert all(f"loss_corr_stage{s}" in r and f"corr/rho_stage{s}" in r for r in trained for s in range(2))
+    assert all(
+        f"loss_corr_stage{s}" in r and f"corr/rho_stage{s}" in r for r in trained for s in range(2)
+    )
     final = records[-1]
     assert all(math.isfinite(final[k]) for k in ["bbox/AP", "bbox/AP50", "bbox/AP75"]), final
 
@@ -37,23 +56,63 @@ def test_sparse_rcnn_two_process_cpu_training_with_mixed_matching(tmp_path, trai
     """Every parameter must get a gradient (DDP without find_unused_parameters), and the ground-
     truth normaliser and the gathered correlation run across both processes."""
     out = str(tmp_path / "out")
-    log = train_net("--num-gpus", "2", "--config-file", CONFIG, *FAST, "SOLVER.MAX_ITER", "4",
-                    "SOLVER.IMS_PER_BATCH", "4", "MODEL.CORR_LOSS.GATHER_ACROSS_PROCESSES", "True",
-                    "MODEL.SPARSE_RCNN.NUM_STAGES", "2", "MODEL.SPARSE_RCNN.ONE_TO_MANY_K", "2",
-                    "MODEL.CLS_LOSS.TYPE", "ia_bce", "INPUT.TRAIN_AUGMENTATION", "sparse_rcnn",
-                    "INPUT.CROP.SIZE", "(100, 160)", "DATASETS.TEST", "()", "OUTPUT_DIR", out,
-                    cwd=tmp_path)
+    log = train_net(
+        "--num-gpus",
+        "2",
+        "--config-file",
+        CONFIG,
+        *FAST,
+        "SOLVER.MAX_ITER",
+        "4",
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "MODEL.CORR_LOSS.GATHER_ACROSS_PROCESSES",
+        "True",
+        "MODEL.SPARSE_RCNN.NUM_STAGES",
+        "2",
+        "MODEL.SPARSE_RCNN.ONE_TO_MANY_K",
+        "2",
+        "MODEL.CLS_LOSS.TYPE",
+        "ia_bce",
+        "INPUT.TRAIN_AUGMENTATION",
+        "sparse_rcnn",
+        "INPUT.CROP.SIZE",
+        "(100, 160)",
+        "DATASETS.TEST",
+        "()",
+        "OUTPUT_DIR",
+        out,
+        cwd=tmp_path,
+    )
     assert "World size: 2" in log
     records = [r for r in metrics(out) if "total_loss" in r]
     assert records and all(math.isfinite(r["total_loss"]) for r in records)
     assert records[-1]["iteration"] == 3
 
 
-def test_diverging_run_stops_with_floating_point_error_and_saves_no_nan_weights(tmp_path, train_net, metrics):
+def test_diverging_run_stops_with_floating_point_error_and_saves_no_nan_weights(
+    tmp_path, train_net, metrics
+):
     out = str(tmp_path / "out")
-    result = train_net("--config-file", CONFIG, *FAST, "SOLVER.BASE_LR", "1.0", "SOLVER.MAX_ITER", "20",
-                       "SOLVER.CHECKPOINT_PERIOD", "1", "MODEL.SPARSE_RCNN.NUM_STAGES", "2",
-                       "DATASETS.TEST", "()", "OUTPUT_DIR", out, cwd=tmp_path, expect_failure=True)
+    result = train_net(
+        "--config-file",
+        CONFIG,
+        *FAST,
+        "SOLVER.BASE_LR",
+        "1.0",
+        "SOLVER.MAX_ITER",
+        "20",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1",
+        "MODEL.SPARSE_RCNN.NUM_STAGES",
+        "2",
+        "DATASETS.TEST",
+        "()",
+        "OUTPUT_DIR",
+        out,
+        cwd=tmp_path,
+        expect_failure=True,
+    )
     assert "FloatingPointError" in result and "at iteration" in result
     assert "Lower SOLVER.BASE_LR" in result or "Loss became infinite or NaN" in result
     checkpoints = glob.glob(os.path.join(out, "*.pth"))

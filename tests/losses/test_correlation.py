@@ -46,7 +46,9 @@ def test_published_strength_on_unit_interval_equals_pearson():
 def test_perfect_and_anti_correlation(kind):
     u = torch.linspace(0.1, 0.9, 20, dtype=torch.float64)
     strength = 1e-3
-    assert correlation_loss(u.clone(), u, kind, strength=strength).item() == pytest.approx(0, abs=1e-12)
+    assert correlation_loss(u.clone(), u, kind, strength=strength).item() == pytest.approx(
+        0, abs=1e-12
+    )
     expected_anti = 2.0 if kind != "concordance" else 1 - ccc_closed_form(1 - u.numpy(), u.numpy())
     loss = correlation_loss(1 - u, u, kind, strength=strength)
     assert loss.item() == pytest.approx(expected_anti, abs=1e-12)
@@ -77,18 +79,22 @@ def test_gradcheck_and_gradient_only_into_scores(kind):
     u.requires_grad_()
     strength = 0.05 if kind == "spearman" else 1.0
     assert torch.autograd.gradcheck(
-        lambda t: correlation_loss(t, u, kind, groups=groups, strength=strength), (s,))
+        lambda t: correlation_loss(t, u, kind, groups=groups, strength=strength), (s,)
+    )
     correlation_loss(s, u, kind, groups=groups, strength=strength).backward()
     assert u.grad is None and s.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("kind", CORRELATION_KINDS)
-@pytest.mark.parametrize("scores,ious", [
-    ([], []),
-    ([0.3], [0.7]),
-    ([0.2, 0.2, 0.2], [0.1, 0.5, 0.9]),   # constant scores
-    ([0.1, 0.5, 0.9], [0.4, 0.4, 0.4]),   # constant IoUs
-])
+@pytest.mark.parametrize(
+    "scores,ious",
+    [
+        ([], []),
+        ([0.3], [0.7]),
+        ([0.2, 0.2, 0.2], [0.1, 0.5, 0.9]),  # constant scores
+        ([0.1, 0.5, 0.9], [0.4, 0.4, 0.4]),  # constant IoUs
+    ],
+)
 def test_degenerate_inputs_give_connected_zero(kind, scores, ious):
     s = torch.tensor(scores, requires_grad=True)
     loss = correlation_loss(s, torch.tensor(ious), kind)
@@ -100,9 +106,12 @@ def test_degenerate_inputs_give_connected_zero(kind, scores, ious):
 @pytest.mark.parametrize("kind", CORRELATION_KINDS)
 def test_two_samples_are_enough_and_infinite_logits_are_finite(kind):
     loss = correlation_loss(torch.tensor([0.2, 0.8]), torch.tensor([0.3, 0.6]), kind, strength=1e-3)
-    assert loss.item() == pytest.approx(0.0 if kind != "concordance" else
-                                        1 - ccc_closed_form(np.array([.2, .8]), np.array([.3, .6])),
-                                        abs=1e-6)
+    assert loss.item() == pytest.approx(
+        0.0
+        if kind != "concordance"
+        else 1 - ccc_closed_form(np.array([0.2, 0.8]), np.array([0.3, 0.6])),
+        abs=1e-6,
+    )
     logits = torch.tensor([float("inf"), float("-inf"), 0.0, 2.0], requires_grad=True)
     loss = correlation_loss(torch.sigmoid(logits), torch.tensor([0.9, 0.1, 0.5, 0.7]), kind)
     loss.backward()

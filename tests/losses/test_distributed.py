@@ -1,4 +1,5 @@
 """Gathering samples across processes: two CPU processes with the gloo backend."""
+
 import ast
 import os
 import pathlib
@@ -29,8 +30,9 @@ def worker(rank, init_file, out_dir):
     results = {}
     for kind in CORRELATION_KINDS:
         s = scores.clone().requires_grad_()
-        loss = correlation_loss(s, ious, kind, groups=groups, strength=0.01,
-                                gather_across_processes=True)
+        loss = correlation_loss(
+            s, ious, kind, groups=groups, strength=0.01, gather_across_processes=True
+        )
         loss.backward()
         results[kind] = (loss.detach(), s.grad)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -55,13 +57,18 @@ def test_gathered_loss_and_gradient_match_one_process():
             # DDP divides the summed gradients by the world size: each process carries W times
             # its share so that the average is the gradient of the global loss.
             lo = sum(SIZES[:rank])
-            torch.testing.assert_close(rank_grad / WORLD, scores.grad[lo:lo + SIZES[rank]])
+            torch.testing.assert_close(rank_grad / WORLD, scores.grad[lo : lo + SIZES[rank]])
 
 
 def test_loss_library_does_not_import_detectron2():
     package = pathlib.Path(__file__).resolve().parents[2] / "corrloss_d2" / "losses"
     for path in package.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not any(n.split(".")[0] == "detectron2" for n in names), path

@@ -23,15 +23,17 @@ def reference(kind, logits, labels, ious, normalizer, weights=None):
             u = float(ious[i])
             if kind == "ia_bce":
                 if positive:
-                    t = max(p ** 0.25 * u ** 0.75, 0.01) * (1.0 if weights is None else float(weights[i]))
+                    t = max(p**0.25 * u**0.75, 0.01) * (
+                        1.0 if weights is None else float(weights[i])
+                    )
                     total += bce(p, t)
                 else:
-                    total += p ** 2 * bce(p, 0)
+                    total += p**2 * bce(p, 0)
             elif kind == "qfl":
                 y = u if positive else 0.0
                 total += abs(y - p) ** 2 * bce(p, y)
             elif kind == "vfl":
-                total += u * bce(p, u) if positive else 0.75 * p ** 2 * bce(p, 0)
+                total += u * bce(p, u) if positive else 0.75 * p**2 * bce(p, 0)
     return total / normalizer
 
 
@@ -61,7 +63,9 @@ def test_ia_bce_with_prime_weights_and_min_target():
     ious[0] = 0.0  # target clamps at 0.01
     weights = torch.linspace(0.2, 1.0, 9, dtype=torch.float64)
     loss = ia_bce_loss(logits, labels, ious, normalizer=2, weights=weights)
-    assert loss.item() == pytest.approx(reference("ia_bce", logits, labels, ious, 2, weights), rel=1e-10)
+    assert loss.item() == pytest.approx(
+        reference("ia_bce", logits, labels, ious, 2, weights), rel=1e-10
+    )
 
 
 @pytest.mark.parametrize("kind", ["qfl", "vfl"])
@@ -69,7 +73,9 @@ def test_gradcheck_and_ious_are_constants(kind):
     logits, labels, ious = batch(seed=2)
     logits.requires_grad_()
     ious.requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: LOSSES[kind](x, labels, ious, normalizer=2.0), (logits,))
+    assert torch.autograd.gradcheck(
+        lambda x: LOSSES[kind](x, labels, ious, normalizer=2.0), (logits,)
+    )
     LOSSES[kind](logits, labels, ious, normalizer=2.0).backward()
     assert ious.grad is None
 
@@ -83,7 +89,7 @@ def test_ia_bce_gradient_treats_quality_target_as_constant():
     ia_bce_loss(logits, labels, ious, normalizer=2.0).backward()
     assert ious.grad is None
     p = torch.sigmoid(logits.detach())
-    expected = 2 * p ** 2 * (1 - p) * -torch.log1p(-p) + p ** 3
+    expected = 2 * p**2 * (1 - p) * -torch.log1p(-p) + p**3
     for i, c in enumerate(labels.tolist()):
         if c == -1:
             expected[i] = 0
@@ -98,7 +104,9 @@ def test_extreme_logits_low_precision_and_empty(kind):
     logits = torch.tensor([[30.0, -30.0], [-30.0, -30.0]], dtype=torch.float16, requires_grad=True)
     loss = LOSSES[kind](logits, torch.tensor([0, 2]), torch.tensor([0.9, 0.0]), normalizer=1)
     loss.backward()
-    assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    assert (
+        loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    )
     empty = torch.zeros(0, 5, requires_grad=True)
     loss = LOSSES[kind](empty, torch.zeros(0, dtype=torch.long), torch.zeros(0), normalizer=1)
     assert loss.item() == 0.0 and loss.requires_grad

@@ -66,14 +66,21 @@ def test_batched_shapes_and_rank_sum():
 def test_gradcheck(strength):
     gen = torch.Generator().manual_seed(1)
     # Well-separated values keep the finite differences inside one PAV block structure.
-    x = (torch.randperm(8, generator=gen).double() * 0.37 + torch.rand(8, generator=gen,
-         dtype=torch.float64) * 0.05).reshape(2, 4).requires_grad_()
+    x = (
+        (
+            torch.randperm(8, generator=gen).double() * 0.37
+            + torch.rand(8, generator=gen, dtype=torch.float64) * 0.05
+        )
+        .reshape(2, 4)
+        .requires_grad_()
+    )
     assert torch.autograd.gradcheck(lambda t: soft_rank(t, strength), (x,))
     group = torch.tensor([0, 1, 0, 1, 1, 0, 2, 2])
     x1 = x.detach().reshape(-1).clone().requires_grad_()
     for centered in (False, True):
         assert torch.autograd.gradcheck(
-            lambda t: grouped_soft_rank(t, group, 3, strength, centered=centered), (x1,))
+            lambda t: grouped_soft_rank(t, group, 3, strength, centered=centered), (x1,)
+        )
 
 
 def test_grouped_equals_per_group_soft_rank():
@@ -112,6 +119,7 @@ def test_torchsort_backend_rejects_non_finite_values_too():
 
 # --- The compiled kernel against plain numpy: sort order, ranks, blocks ------------------------
 
+
 def reference_soft_rank(x, strength, groups=None, num_groups=1, centered=False):
     """Plain numpy/Python projection, the algorithm of the earlier implementation with a stable
     sort: per group, the members in np.argsort(-z, kind="stable") order, PAV on them minus
@@ -138,7 +146,7 @@ def reference_soft_rank(x, strength, groups=None, num_groups=1, centered=False):
         bounds = starts + [m]
         for b in range(len(totals)):
             offset = totals[b] / counts[b] + ((m + 1) / 2.0 if centered else 0.0)
-            block = members[bounds[b]:bounds[b + 1]]
+            block = members[bounds[b] : bounds[b + 1]]
             ranks[block] = z[block] - offset
             blocks.append(sorted(block.tolist()))
     return ranks, blocks
@@ -148,14 +156,48 @@ def tricky_values(rng, n, dtype):
     """Mixed signs, both zeros, ties, huge and tiny magnitudes, subnormals, shuffled."""
     if dtype == np.float64:
         magnitudes = 10.0 ** rng.integers(-320, 290, n)
-        specials = [0.0, -0.0, 0.0, -0.0, 5e-324, -5e-324, 1e-310, 2.2250738585072014e-308,
-                    1e289, -1e289, 1.5, 1.5, -1.5, 1.5]
+        specials = [
+            0.0,
+            -0.0,
+            0.0,
+            -0.0,
+            5e-324,
+            -5e-324,
+            1e-310,
+            2.2250738585072014e-308,
+            1e289,
+            -1e289,
+            1.5,
+            1.5,
+            -1.5,
+            1.5,
+        ]
     else:
         magnitudes = 10.0 ** rng.integers(-45, 34, n)
-        specials = [0.0, -0.0, 0.0, -0.0, 1e-45, -1e-45, 1e-40, 1.1754944e-38, 1e33, -1e33,
-                    1.5, 1.5, -1.5, 1.5]
-    values = np.concatenate([rng.standard_normal(n), rng.standard_normal(n) * magnitudes,
-                             rng.integers(-3, 4, n).astype(float), specials])
+        specials = [
+            0.0,
+            -0.0,
+            0.0,
+            -0.0,
+            1e-45,
+            -1e-45,
+            1e-40,
+            1.1754944e-38,
+            1e33,
+            -1e33,
+            1.5,
+            1.5,
+            -1.5,
+            1.5,
+        ]
+    values = np.concatenate(
+        [
+            rng.standard_normal(n),
+            rng.standard_normal(n) * magnitudes,
+            rng.integers(-3, 4, n).astype(float),
+            specials,
+        ]
+    )
     rng.shuffle(values)
     return values.astype(dtype)
 
@@ -172,8 +214,9 @@ def kernel_sort_order(x, strength):
     if status == kernels._NEEDS_64_BIT_KEYS:
         status, low, high, varying = kernels._keys_64(x.astype(np.float64) / strength, keys)
     assert status == 0
-    items, _, mask = kernels._radix_sort(keys, np.empty(n, np.uint64), np.uint64(low),
-                                         np.uint64(high), np.uint64(varying))
+    items, _, mask = kernels._radix_sort(
+        keys, np.empty(n, np.uint64), np.uint64(low), np.uint64(high), np.uint64(varying)
+    )
     return (items & mask).astype(np.int64)
 
 
@@ -190,14 +233,14 @@ def test_radix_sort_is_the_stable_descending_order(dtype, n):
             z = x.astype(np.float64) / strength
         if not np.isfinite(z).all():
             continue
-        np.testing.assert_array_equal(kernel_sort_order(x, strength),
-                                      np.argsort(-z, kind="stable"))
+        np.testing.assert_array_equal(kernel_sort_order(x, strength), np.argsort(-z, kind="stable"))
     # All keys equal; keys spanning (nearly) all bits, which leaves too few beside them for the
     # index in 64 bits at first (float64).
     np.testing.assert_array_equal(kernel_sort_order(np.full(n, -2.5, dtype), 1.0), np.arange(n))
     wide = np.concatenate([[np.finfo(dtype).max, -np.finfo(dtype).max], x]).astype(dtype)
-    np.testing.assert_array_equal(kernel_sort_order(wide, 1.0),
-                                  np.argsort(-wide.astype(np.float64), kind="stable"))
+    np.testing.assert_array_equal(
+        kernel_sort_order(wide, 1.0), np.argsort(-wide.astype(np.float64), kind="stable")
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -222,14 +265,16 @@ def test_many_groups_equal_plain_reference(centered):
     groups = rng.integers(0, num_groups, n)
     strength = 0.01
     expected, blocks = reference_soft_rank(x, strength, groups, num_groups, centered)
-    ranks = grouped_soft_rank(torch.from_numpy(x), torch.from_numpy(groups), num_groups, strength,
-                              centered=centered)
+    ranks = grouped_soft_rank(
+        torch.from_numpy(x), torch.from_numpy(groups), num_groups, strength, centered=centered
+    )
     np.testing.assert_array_equal(ranks.numpy(), expected)
     # Backward: the gradient minus its block mean, over the reference's blocks.
     xt = torch.from_numpy(x).requires_grad_()
     grad = torch.from_numpy(rng.standard_normal(n))
-    grouped_soft_rank(xt, torch.from_numpy(groups), num_groups, strength,
-                      centered=centered).backward(grad)
+    grouped_soft_rank(
+        xt, torch.from_numpy(groups), num_groups, strength, centered=centered
+    ).backward(grad)
     expected_grad = grad.numpy().copy()
     for block in blocks:
         expected_grad[block] -= grad.numpy()[block].mean()
@@ -286,8 +331,9 @@ def test_kernel_rejects_overflow_underflow_and_bad_groups():
     # float32 values whose quotient is subnormal still rank exactly (64-bit keys).
     x = np.array([1e-30, 2e-30, -1e-30, 0.0, 3e-30], np.float32)
     expected, _ = reference_soft_rank(x, 1e300)
-    np.testing.assert_array_equal(soft_rank(torch.from_numpy(x), 1e300).numpy(),
-                                  expected.astype(np.float32))
+    np.testing.assert_array_equal(
+        soft_rank(torch.from_numpy(x), 1e300).numpy(), expected.astype(np.float32)
+    )
 
 
 def test_gradient_dtype_device_and_shape_follow_the_input():

@@ -6,12 +6,11 @@ import re
 import pytest
 import torch
 import yaml
-
-from corrloss_d2 import add_corrloss_config, validate_corrloss_config
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
+from corrloss_d2 import add_corrloss_config, validate_corrloss_config
 from tests.tiny import REPO, tiny_cfg
 
 
@@ -41,7 +40,7 @@ def flatten(node, prefix=""):
     return flat
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def merged(path):
     return flatten(load(path))
 
@@ -68,24 +67,45 @@ def header_comment(path):
     return " ".join(lines)
 
 
-YAMLS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
-               + glob.glob(os.path.join(REPO, "projects", "**", "*.yaml"), recursive=True))
+YAMLS = sorted(
+    glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
+    + glob.glob(os.path.join(REPO, "projects", "**", "*.yaml"), recursive=True)
+)
 # Every yaml but the self-contained Base-*.yaml files: the recipes, baselines and CPU/smoke runs.
 RECIPES = [p for p in YAMLS if not os.path.basename(p).startswith("Base-")]
 # The two papers' recipes, and the baselines they are compared with (configs/ owns the baselines).
-PROJECT_RECIPES = {project: sorted(glob.glob(os.path.join(REPO, "projects", project, "configs", "*.yaml")))
-                   for project in ("CorrelationLoss", "AlignDETR")}
+PROJECT_RECIPES = {
+    project: sorted(glob.glob(os.path.join(REPO, "projects", project, "configs", "*.yaml")))
+    for project in ("CorrelationLoss", "AlignDETR")
+}
 BASELINES = [p for p in RECIPES if p.endswith("_baseline.yaml")]
 # Where a recipe's file name says what it trains: COCO/Cityscapes recipes, baselines, papers.
-NAMED_RECIPES = [p for p in RECIPES if rel(p).split(os.sep)[:2] in (
-    ["configs", "COCO-Detection"], ["configs", "Cityscapes"], ["projects", "CorrelationLoss"],
-    ["projects", "AlignDETR"])]
+NAMED_RECIPES = [
+    p
+    for p in RECIPES
+    if rel(p).split(os.sep)[:2]
+    in (
+        ["configs", "COCO-Detection"],
+        ["configs", "Cityscapes"],
+        ["projects", "CorrelationLoss"],
+        ["projects", "AlignDETR"],
+    )
+]
 # The keys whose values a paper's recipe may change relative to the baseline it pairs with.
-LOSS_KEYS = {"CorrelationLoss": ("MODEL.CORR_LOSS.",),
-             "AlignDETR": ("MODEL.CLS_LOSS.", "MODEL.SPARSE_RCNN.ONE_TO_MANY_K",
-                           "MODEL.SPARSE_RCNN.PRIME_SAMPLE_TAU")}
-CITYSCAPES = [p for p in RECIPES if stem(p).startswith("cityscapes_")
-              or os.path.dirname(rel(p)) == os.path.join("configs", "Cityscapes")]
+LOSS_KEYS = {
+    "CorrelationLoss": ("MODEL.CORR_LOSS.",),
+    "AlignDETR": (
+        "MODEL.CLS_LOSS.",
+        "MODEL.SPARSE_RCNN.ONE_TO_MANY_K",
+        "MODEL.SPARSE_RCNN.PRIME_SAMPLE_TAU",
+    ),
+}
+CITYSCAPES = [
+    p
+    for p in RECIPES
+    if stem(p).startswith("cityscapes_")
+    or os.path.dirname(rel(p)) == os.path.join("configs", "Cityscapes")
+]
 ARCHITECTURES = {"retinanet": "CorrRetinaNet", "fcos": "CorrFCOS", "sparse_rcnn": "CorrSparseRCNN"}
 
 
@@ -100,8 +120,15 @@ def test_every_recipe_has_one_home():
         elif name.startswith("sparse_rcnn") and "ia_bce" in name:
             home = os.path.join("projects", "AlignDETR", "configs")
         elif name.endswith("_baseline.yaml"):
-            home = folder if folder in (os.path.join("configs", "COCO-Detection"),
-                                        os.path.join("configs", "Cityscapes")) else "configs/<dataset>"
+            home = (
+                folder
+                if folder
+                in (
+                    os.path.join("configs", "COCO-Detection"),
+                    os.path.join("configs", "Cityscapes"),
+                )
+                else "configs/<dataset>"
+            )
         elif folder.startswith("projects"):
             home = "configs (not a recipe of the project's paper)"
         else:
@@ -122,7 +149,11 @@ def test_no_yaml_only_renames_another(path):
     # starts from) is that recipe under a second name: move the file instead. A Base-*.yaml has no
     # weights, so starting it from pretrained ones makes a recipe.
     base = base_of(path)
-    ignored = {"OUTPUT_DIR"} if os.path.basename(base).startswith("Base-") else {"OUTPUT_DIR", "MODEL.WEIGHTS"}
+    ignored = (
+        {"OUTPUT_DIR"}
+        if os.path.basename(base).startswith("Base-")
+        else {"OUTPUT_DIR", "MODEL.WEIGHTS"}
+    )
     changed = differing_keys(path, base) - ignored
     assert changed, f"{rel(path)} only renames {rel(base)}"
 
@@ -139,8 +170,9 @@ def test_every_recipe_writes_to_its_own_output_dir():
     output_dirs = {}
     for path in RECIPES:
         output_dir = os.path.normpath(merged(path)["OUTPUT_DIR"])
-        assert output_dir not in output_dirs, f"{rel(path)} and {rel(output_dirs[output_dir])} " \
-                                              f"both write to {output_dir}"
+        assert output_dir not in output_dirs, (
+            f"{rel(path)} and {rel(output_dirs[output_dir])} both write to {output_dir}"
+        )
         output_dirs[output_dir] = path
     for project, recipes in PROJECT_RECIPES.items():
         for path in recipes:
@@ -159,10 +191,15 @@ def test_file_name_states_architecture_depth_proposals_and_schedule(path):
         assert int(proposals.group(1)) == cfg["MODEL.SPARSE_RCNN.NUM_PROPOSALS"]
     schedule = re.search(r"_(\d+)x(_|$)", name)
     if schedule:  # 1x = 90k iterations at batch 16
-        assert cfg["SOLVER.MAX_ITER"] * cfg["SOLVER.IMS_PER_BATCH"] == 90000 * 16 * int(schedule.group(1))
-    cityscapes = all(d.startswith("cityscapes") for d in cfg["DATASETS.TRAIN"] + cfg["DATASETS.TEST"])
-    assert cityscapes == (path in CITYSCAPES), "a Cityscapes recipe is named cityscapes_* or lives in " \
-                                               "configs/Cityscapes"
+        assert cfg["SOLVER.MAX_ITER"] * cfg["SOLVER.IMS_PER_BATCH"] == 90000 * 16 * int(
+            schedule.group(1)
+        )
+    cityscapes = all(
+        d.startswith("cityscapes") for d in cfg["DATASETS.TRAIN"] + cfg["DATASETS.TEST"]
+    )
+    assert cityscapes == (path in CITYSCAPES), (
+        "a Cityscapes recipe is named cityscapes_* or lives in configs/Cityscapes"
+    )
 
 
 @pytest.mark.parametrize("path", NAMED_RECIPES, ids=rel)
@@ -172,7 +209,9 @@ def test_file_name_states_the_losses(path):
     corr = re.search(r"_corr_([a-z]+)_(\d+(?:\.\d+)?)(_|$)", name)
     assert bool(corr) == (weight > 0), f"{name}: CORR_LOSS.WEIGHT = {weight}"
     if corr:
-        assert corr.group(1) == cfg["MODEL.CORR_LOSS.TYPE"], f"{name}: TYPE = {cfg['MODEL.CORR_LOSS.TYPE']}"
+        assert corr.group(1) == cfg["MODEL.CORR_LOSS.TYPE"], (
+            f"{name}: TYPE = {cfg['MODEL.CORR_LOSS.TYPE']}"
+        )
         assert float(corr.group(2)) == pytest.approx(weight), f"{name}: CORR_LOSS.WEIGHT = {weight}"
         if cfg["MODEL.CORR_LOSS.TYPE"] == "spearman":  # 1.0: the released soft-rank strength
             assert ("_true_rank" in name) == (cfg["MODEL.CORR_LOSS.RANK_STRENGTH"] < 1.0)
@@ -209,19 +248,26 @@ def test_baselines_are_the_plain_detector(path):
         assert cfg["MODEL.SPARSE_RCNN.ONE_TO_MANY_K"] == 0
 
 
-@pytest.mark.parametrize("project,path", [(project, p) for project, recipes in PROJECT_RECIPES.items()
-                                          for p in recipes], ids=lambda x: os.path.basename(x))
+@pytest.mark.parametrize(
+    "project,path",
+    [(project, p) for project, recipes in PROJECT_RECIPES.items() for p in recipes],
+    ids=lambda x: os.path.basename(x),
+)
 def test_paper_recipe_differs_from_its_baseline_only_in_the_loss(project, path):
     comment = header_comment(path)
     pairs = re.search(r"Pairs with the baseline (\S+\.yaml)", comment)
     assert pairs, f"{rel(path)}: say in the header which baseline it pairs with"
     baseline = os.path.join(REPO, pairs.group(1))
-    assert baseline in BASELINES, f"{rel(path)} pairs with {pairs.group(1)}, not a baseline in configs/"
+    assert baseline in BASELINES, (
+        f"{rel(path)} pairs with {pairs.group(1)}, not a baseline in configs/"
+    )
     allowed = ("OUTPUT_DIR", "MODEL.WEIGHTS") + LOSS_KEYS[project]
     extra = sorted(k for k in differing_keys(path, baseline) if not k.startswith(allowed))
     unstated = [k for k in extra if k not in comment]
-    assert not unstated, f"{rel(path)} differs from {pairs.group(1)} in {unstated} (not the loss; " \
-                         "name them in the header if intended)"
+    assert not unstated, (
+        f"{rel(path)} differs from {pairs.group(1)} in {unstated} (not the loss; "
+        "name them in the header if intended)"
+    )
 
 
 @pytest.mark.parametrize("path", CITYSCAPES, ids=rel)
@@ -229,14 +275,25 @@ def test_cityscapes_recipe_starts_from_the_matching_coco_model(path):
     cfg = merged(path)
     weights = cfg["MODEL.WEIGHTS"]
     assert weights.startswith("./output/") and os.path.basename(weights) == "model_final.pth"
-    same = ["MODEL.META_ARCHITECTURE", "MODEL.RESNETS.DEPTH", "MODEL.CLS_LOSS.TYPE", "MODEL.CORR_LOSS.WEIGHT"]
+    same = [
+        "MODEL.META_ARCHITECTURE",
+        "MODEL.RESNETS.DEPTH",
+        "MODEL.CLS_LOSS.TYPE",
+        "MODEL.CORR_LOSS.WEIGHT",
+    ]
     if cfg["MODEL.CORR_LOSS.WEIGHT"] > 0:
         same += [k for k in cfg if k.startswith("MODEL.CORR_LOSS.")]
-    sources = [p for p in RECIPES if merged(p)["DATASETS.TRAIN"] == ("coco_2017_train",)
-               and os.path.normpath(merged(p)["OUTPUT_DIR"]) == os.path.normpath(os.path.dirname(weights))]
+    sources = [
+        p
+        for p in RECIPES
+        if merged(p)["DATASETS.TRAIN"] == ("coco_2017_train",)
+        and os.path.normpath(merged(p)["OUTPUT_DIR"]) == os.path.normpath(os.path.dirname(weights))
+    ]
     assert len(sources) == 1, f"{rel(path)}: no COCO recipe writes {weights}"
     mismatched = [k for k in same if merged(sources[0])[k] != cfg[k]]
-    assert not mismatched, f"{rel(path)} starts from {rel(sources[0])}, which differs in {mismatched}"
+    assert not mismatched, (
+        f"{rel(path)} starts from {rel(sources[0])}, which differs in {mismatched}"
+    )
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: os.path.relpath(p, REPO))
@@ -253,24 +310,43 @@ def test_every_yaml_merges_and_builds_on_cpu(path):
     assert model.correlation_loss.weight == cfg.MODEL.CORR_LOSS.WEIGHT
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("MODEL.CORR_LOSS.TYPE", "kendall", r"MODEL.CORR_LOSS.TYPE = 'kendall' .*'pearson', 'concordance', 'spearman'"),
-    ("MODEL.CORR_LOSS.GROUP_BY", "class", r"MODEL.CORR_LOSS.GROUP_BY = 'class'.*'batch', 'level', 'image'"),
-    ("MODEL.CLS_LOSS.TYPE", "ce", r"MODEL.CLS_LOSS.TYPE = 'ce'.*'focal', 'ia_bce', 'qfl', 'vfl'"),
-    ("MODEL.CORR_LOSS.WEIGHT", -0.1, r"MODEL.CORR_LOSS.WEIGHT = -0.1.*>= 0"),
-    ("MODEL.CORR_LOSS.MIN_POSITIVES", 1, r"MODEL.CORR_LOSS.MIN_POSITIVES = 1.*integer >= 2"),
-    ("MODEL.CORR_LOSS.RANK_STRENGTH", 0.0, r"MODEL.CORR_LOSS.RANK_STRENGTH = 0.0"),
-    ("MODEL.FCOS.HEAD_NORM", "LN", r"MODEL.FCOS.HEAD_NORM = 'LN'"),
-    ("MODEL.SPARSE_RCNN.ONE_TO_MANY_K", -1, r"ONE_TO_MANY_K = -1 .*integer >= 0"),
-    ("MODEL.SPARSE_RCNN.PRIME_SAMPLE_TAU", -0.5, r"PRIME_SAMPLE_TAU = -0.5 .*>= 0"),
-    ("MODEL.SPARSE_RCNN.NUM_HEADS", 5, r"NUM_HEADS = 5 .*divisor of MODEL.SPARSE_RCNN.HIDDEN_DIM = 256"),
-    ("MODEL.SPARSE_RCNN.NUM_PROPOSALS", 0, r"NUM_PROPOSALS = 0 .*integer >= 1"),
-    ("MODEL.SPARSE_RCNN.DROPOUT", 1.0, r"DROPOUT = 1.0 .*\[0, 1\)"),
-    ("SOLVER.OPTIMIZER", "ADAM", r"SOLVER.OPTIMIZER = 'ADAM'.*'SGD', 'ADAMW'"),
-    ("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "global", r"CLIP_TYPE = 'global'.*'full_model'"),
-    ("SOLVER.BACKBONE_MULTIPLIER", -1.0, r"BACKBONE_MULTIPLIER = -1.0"),
-    ("INPUT.TRAIN_AUGMENTATION", "mosaic", r"TRAIN_AUGMENTATION = 'mosaic'.*'sparse_rcnn'"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        (
+            "MODEL.CORR_LOSS.TYPE",
+            "kendall",
+            r"MODEL.CORR_LOSS.TYPE = 'kendall' .*'pearson', 'concordance', 'spearman'",
+        ),
+        (
+            "MODEL.CORR_LOSS.GROUP_BY",
+            "class",
+            r"MODEL.CORR_LOSS.GROUP_BY = 'class'.*'batch', 'level', 'image'",
+        ),
+        (
+            "MODEL.CLS_LOSS.TYPE",
+            "ce",
+            r"MODEL.CLS_LOSS.TYPE = 'ce'.*'focal', 'ia_bce', 'qfl', 'vfl'",
+        ),
+        ("MODEL.CORR_LOSS.WEIGHT", -0.1, r"MODEL.CORR_LOSS.WEIGHT = -0.1.*>= 0"),
+        ("MODEL.CORR_LOSS.MIN_POSITIVES", 1, r"MODEL.CORR_LOSS.MIN_POSITIVES = 1.*integer >= 2"),
+        ("MODEL.CORR_LOSS.RANK_STRENGTH", 0.0, r"MODEL.CORR_LOSS.RANK_STRENGTH = 0.0"),
+        ("MODEL.FCOS.HEAD_NORM", "LN", r"MODEL.FCOS.HEAD_NORM = 'LN'"),
+        ("MODEL.SPARSE_RCNN.ONE_TO_MANY_K", -1, r"ONE_TO_MANY_K = -1 .*integer >= 0"),
+        ("MODEL.SPARSE_RCNN.PRIME_SAMPLE_TAU", -0.5, r"PRIME_SAMPLE_TAU = -0.5 .*>= 0"),
+        (
+            "MODEL.SPARSE_RCNN.NUM_HEADS",
+            5,
+            r"NUM_HEADS = 5 .*divisor of MODEL.SPARSE_RCNN.HIDDEN_DIM = 256",
+        ),
+        ("MODEL.SPARSE_RCNN.NUM_PROPOSALS", 0, r"NUM_PROPOSALS = 0 .*integer >= 1"),
+        ("MODEL.SPARSE_RCNN.DROPOUT", 1.0, r"DROPOUT = 1.0 .*\[0, 1\)"),
+        ("SOLVER.OPTIMIZER", "ADAM", r"SOLVER.OPTIMIZER = 'ADAM'.*'SGD', 'ADAMW'"),
+        ("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "global", r"CLIP_TYPE = 'global'.*'full_model'"),
+        ("SOLVER.BACKBONE_MULTIPLIER", -1.0, r"BACKBONE_MULTIPLIER = -1.0"),
+        ("INPUT.TRAIN_AUGMENTATION", "mosaic", r"TRAIN_AUGMENTATION = 'mosaic'.*'sparse_rcnn'"),
+    ],
+)
 def test_invalid_values_fail_at_config_time_naming_key_value_and_choices(key, value, message):
     cfg = tiny_cfg("CorrFCOS")
     cfg.merge_from_list([key, value])

@@ -1,10 +1,10 @@
 import pytest
 import torch
+from detectron2.utils.events import EventStorage
 from scipy.stats import pearsonr
 from torchvision.ops import box_iou
 
 from corrloss_d2.modeling import CorrelationLoss, matched_box_iou
-from detectron2.utils.events import EventStorage
 
 
 def positives(n=40, seed=0):
@@ -43,8 +43,13 @@ def test_hook_value_gradient_and_logging():
 def test_hook_groups_and_zero_weight():
     logits, pred, gt = positives()
     level = torch.arange(40) % 3
-    hook = CorrelationLoss(weight=0.0, kind="concordance", group_by="level", loss_name="loss_corr_s0",
-                               metric_prefix="corr_s0/")
+    hook = CorrelationLoss(
+        weight=0.0,
+        kind="concordance",
+        group_by="level",
+        loss_name="loss_corr_s0",
+        metric_prefix="corr_s0/",
+    )
     with EventStorage() as storage:
         assert hook(logits, pred, gt, level_index=level) == {}  # no term, still measured
     assert storage.history("corr_s0/valid_groups").latest() == 3

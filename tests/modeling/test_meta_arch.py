@@ -2,13 +2,12 @@ import itertools
 
 import pytest
 import torch
-
-from corrloss_d2.modeling import CorrFCOS, CorrRetinaNet
 from detectron2.modeling import RetinaNet
 from detectron2.modeling.meta_arch.fcos import FCOS
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 
+from corrloss_d2.modeling import CorrRetinaNet
 from tests.tiny import synthetic_batch, tiny_cfg, tiny_model
 
 ARCHS = ["CorrRetinaNet", "CorrFCOS"]
@@ -32,7 +31,8 @@ def test_retinanet_with_weight_0_and_focal_equals_detectron2(losses_and_grads):
     reference = RetinaNet(cfg)
     # Ours also holds its loss normaliser in the state dict; detectron2 keeps it in an attribute.
     assert reference.load_state_dict(ours.state_dict(), strict=False).unexpected_keys == [
-        "loss_normalizer"]
+        "loss_normalizer"
+    ]
     batch = synthetic_batch(2, empty=(1,))
     assert_same(losses_and_grads(ours, batch), losses_and_grads(reference, batch))
 
@@ -40,9 +40,14 @@ def test_retinanet_with_weight_0_and_focal_equals_detectron2(losses_and_grads):
 def test_fcos_with_weight_0_and_focal_equals_detectron2_built_from_same_modules(losses_and_grads):
     cfg = tiny_cfg("CorrFCOS", "MODEL.CORR_LOSS.WEIGHT", 0.0)
     ours = tiny_model("CorrFCOS", "MODEL.CORR_LOSS.WEIGHT", 0.0)
-    reference = FCOS(backbone=ours.backbone, head=ours.head, head_in_features=ours.head_in_features,
-                     num_classes=cfg.MODEL.FCOS.NUM_CLASSES, pixel_mean=cfg.MODEL.PIXEL_MEAN,
-                     pixel_std=cfg.MODEL.PIXEL_STD)
+    reference = FCOS(
+        backbone=ours.backbone,
+        head=ours.head,
+        head_in_features=ours.head_in_features,
+        num_classes=cfg.MODEL.FCOS.NUM_CLASSES,
+        pixel_mean=cfg.MODEL.PIXEL_MEAN,
+        pixel_std=cfg.MODEL.PIXEL_STD,
+    )
     batch = synthetic_batch(3, empty=(2,))
     assert_same(losses_and_grads(ours, batch), losses_and_grads(reference, batch))
 
@@ -59,14 +64,31 @@ def test_correlation_term_changes_only_classification_gradients(arch, losses_and
     assert box_params
     for name in box_params:
         torch.testing.assert_close(with_corr[1][name], base[1][name], rtol=1e-4, atol=1e-7)
-    assert not torch.allclose(with_corr[1]["head.cls_score.weight"], base[1]["head.cls_score.weight"])
+    assert not torch.allclose(
+        with_corr[1]["head.cls_score.weight"], base[1]["head.cls_score.weight"]
+    )
 
 
-@pytest.mark.parametrize("arch,kind,cls_loss", list(itertools.product(
-    ARCHS, ["pearson", "concordance", "spearman"], ["focal", "ia_bce", "qfl", "vfl"])))
+@pytest.mark.parametrize(
+    "arch,kind,cls_loss",
+    list(
+        itertools.product(
+            ARCHS, ["pearson", "concordance", "spearman"], ["focal", "ia_bce", "qfl", "vfl"]
+        )
+    ),
+)
 def test_end_to_end_training_step_and_inference(arch, kind, cls_loss, losses_and_grads):
-    model = tiny_model(arch, "MODEL.CORR_LOSS.WEIGHT", 0.5, "MODEL.CORR_LOSS.TYPE", kind,
-                       "MODEL.CORR_LOSS.RANK_STRENGTH", 0.01, "MODEL.CLS_LOSS.TYPE", cls_loss)
+    model = tiny_model(
+        arch,
+        "MODEL.CORR_LOSS.WEIGHT",
+        0.5,
+        "MODEL.CORR_LOSS.TYPE",
+        kind,
+        "MODEL.CORR_LOSS.RANK_STRENGTH",
+        0.01,
+        "MODEL.CLS_LOSS.TYPE",
+        cls_loss,
+    )
     model.train()
     losses, grads, storage = losses_and_grads(model, synthetic_batch(4, empty=(0,)))
     assert "loss_corr" in losses and all(torch.isfinite(v) for v in losses.values())
@@ -97,7 +119,9 @@ def test_training_reduces_the_loss(arch):
         # so that the curve shows learning rather than the normaliser settling.
         with torch.no_grad():
             model(batch)
-        model.loss_normalizer.fill_(max(storage.history("num_pos_anchors").latest() * len(batch), 1))
+        model.loss_normalizer.fill_(
+            max(storage.history("num_pos_anchors").latest() * len(batch), 1)
+        )
         for _ in range(30):
             losses = model(batch)
             total = sum(losses.values())
@@ -112,5 +136,6 @@ def test_training_reduces_the_loss(arch):
 @pytest.mark.parametrize("arch,expected", [("CorrRetinaNet", "level"), ("CorrFCOS", "batch")])
 def test_paper_grouping_by_default_and_overridable(arch, expected):
     assert tiny_model(arch).correlation_loss.group_by == expected
-    assert tiny_model(arch, "MODEL.CORR_LOSS.GROUP_BY", "image").correlation_loss.group_by == "image"
-
+    assert (
+        tiny_model(arch, "MODEL.CORR_LOSS.GROUP_BY", "image").correlation_loss.group_by == "image"
+    )

@@ -1,46 +1,71 @@
 """Mixed precision: a training step of each meta-architecture under CPU bfloat16 autocast (what
 detectron2's AMPTrainer does on CUDA with float16) keeps the classification, IoU-aware and
 correlation terms in float32."""
+
 import itertools
 
 import pytest
 import torch
+from detectron2.utils.events import EventStorage
 
 from corrloss_d2.modeling import classification_loss as classification_loss_module
 from corrloss_d2.modeling import correlation_loss as correlation_loss_module
-from detectron2.utils.events import EventStorage
-
 from tests.tiny import synthetic_batch, tiny_model
 
 ARCHS = ["CorrRetinaNet", "CorrFCOS", "CorrSparseRCNN"]
 
 
-@pytest.mark.parametrize("arch,cls_loss", list(itertools.product(ARCHS, ["focal", "ia_bce", "qfl", "vfl"])))
+@pytest.mark.parametrize(
+    "arch,cls_loss", list(itertools.product(ARCHS, ["focal", "ia_bce", "qfl", "vfl"]))
+)
 def test_bfloat16_autocast_training_step_keeps_losses_in_float32(arch, cls_loss, monkeypatch):
-    model = tiny_model(arch, "MODEL.CORR_LOSS.WEIGHT", 0.3, "MODEL.CORR_LOSS.TYPE", "concordance",
-                       "MODEL.CLS_LOSS.TYPE", cls_loss)
+    model = tiny_model(
+        arch,
+        "MODEL.CORR_LOSS.WEIGHT",
+        0.3,
+        "MODEL.CORR_LOSS.TYPE",
+        "concordance",
+        "MODEL.CLS_LOSS.TYPE",
+        cls_loss,
+    )
     model.train()
-    classification_loss = (model.criterion if arch == "CorrSparseRCNN" else model).classification_loss
+    classification_loss = (
+        model.criterion if arch == "CorrSparseRCNN" else model
+    ).classification_loss
     # The dtypes the loss math receives: classification logits, correlation scores and IoUs.
     received = {"classification": set(), "correlation": set(), "module outputs": set()}
 
     def spy(fn, key):
         def wrapper(*args, **kwargs):
-            received[key].update(t.dtype for t in args if isinstance(t, torch.Tensor)
-                                 and t.is_floating_point())
+            received[key].update(
+                t.dtype for t in args if isinstance(t, torch.Tensor) and t.is_floating_point()
+            )
             return fn(*args, **kwargs)
+
         return wrapper
 
     if cls_loss == "focal":
-        monkeypatch.setattr(classification_loss_module, "sigmoid_focal_loss",
-                            spy(classification_loss_module.sigmoid_focal_loss, "classification"))
+        monkeypatch.setattr(
+            classification_loss_module,
+            "sigmoid_focal_loss",
+            spy(classification_loss_module.sigmoid_focal_loss, "classification"),
+        )
     else:
-        monkeypatch.setitem(classification_loss.iou_aware_fns, cls_loss,
-                            spy(classification_loss.iou_aware_fns[cls_loss], "classification"))
-    monkeypatch.setattr(correlation_loss_module, "correlation_coefficients",
-                        spy(correlation_loss_module.correlation_coefficients, "correlation"))
+        monkeypatch.setitem(
+            classification_loss.iou_aware_fns,
+            cls_loss,
+            spy(classification_loss.iou_aware_fns[cls_loss], "classification"),
+        )
+    monkeypatch.setattr(
+        correlation_loss_module,
+        "correlation_coefficients",
+        spy(correlation_loss_module.correlation_coefficients, "correlation"),
+    )
     record_outputs = torch.nn.modules.module.register_module_forward_hook(
-        lambda module, inputs, output: received["module outputs"].add(getattr(output, "dtype", None)))
+        lambda module, inputs, output: received["module outputs"].add(
+            getattr(output, "dtype", None)
+        )
+    )
     try:
         with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
             losses = model(synthetic_batch(4, seed=1))

@@ -1,5 +1,6 @@
 """CorrSparseRCNN: the criterion against hand-written references, mixed matching and prime-sample
 weights, and the meta-architecture end to end (training, gradients, NMS-free inference)."""
+
 import importlib
 import itertools
 import math
@@ -8,14 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-
-from corrloss_d2.modeling import ClassificationLoss, CorrelationLoss
-from corrloss_d2.modeling import sparse_rcnn_criterion
-from corrloss_d2.modeling.sparse_rcnn_criterion import SparseRCNNCriterion
-from corrloss_d2.modeling.sparse_rcnn_head import StageOutput
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from corrloss_d2.modeling import ClassificationLoss, CorrelationLoss, sparse_rcnn_criterion
+from corrloss_d2.modeling.sparse_rcnn_criterion import SparseRCNNCriterion
+from corrloss_d2.modeling.sparse_rcnn_head import StageOutput
 from tests.references import reference_giou
 from tests.tiny import synthetic_batch, tiny_model
 
@@ -29,25 +28,34 @@ def sigmoid(x):
 
 def reference_cost(logits, boxes, gt_classes, gt_boxes, whwh, q, g):
     p = sigmoid(logits[q][gt_classes[g]])
-    focal = ALPHA * (1 - p) ** GAMMA * -math.log(p) - (1 - ALPHA) * p ** GAMMA * -math.log(1 - p)
+    focal = ALPHA * (1 - p) ** GAMMA * -math.log(p) - (1 - ALPHA) * p**GAMMA * -math.log(1 - p)
     l1 = sum(abs(boxes[q][i] - gt_boxes[g][i]) / whwh[i] for i in range(4))
-    return WEIGHTS["cls"] * focal + WEIGHTS["bbox"] * l1 - WEIGHTS["giou"] * reference_giou(boxes[q], gt_boxes[g])
+    return (
+        WEIGHTS["cls"] * focal
+        + WEIGHTS["bbox"] * l1
+        - WEIGHTS["giou"] * reference_giou(boxes[q], gt_boxes[g])
+    )
 
 
 def fixed_case(num_queries=4, num_classes=2, seed=0):
     """Two images of 100x80: the first with 3 ground truths, the second without; two stages."""
     gen = torch.Generator().manual_seed(seed)
-    gt = Instances((80, 100), gt_boxes=Boxes(torch.tensor([[10.0, 10, 40, 50], [50, 20, 90, 70],
-                                                            [30, 5, 60, 30]])),
-                   gt_classes=torch.tensor([0, 1, 1]))
-    empty = Instances((80, 100), gt_boxes=Boxes(torch.zeros(0, 4)),
-                      gt_classes=torch.zeros(0, dtype=torch.int64))
+    gt = Instances(
+        (80, 100),
+        gt_boxes=Boxes(torch.tensor([[10.0, 10, 40, 50], [50, 20, 90, 70], [30, 5, 60, 30]])),
+        gt_classes=torch.tensor([0, 1, 1]),
+    )
+    empty = Instances(
+        (80, 100), gt_boxes=Boxes(torch.zeros(0, 4)), gt_classes=torch.zeros(0, dtype=torch.int64)
+    )
     outputs = []
     for _ in range(2):
         logits = torch.randn(2, num_queries, num_classes, generator=gen, dtype=torch.float64)
         xy = torch.rand(2, num_queries, 2, generator=gen, dtype=torch.float64) * 50
         wh = 10 + torch.rand(2, num_queries, 2, generator=gen, dtype=torch.float64) * 40
-        outputs.append(StageOutput(logits.requires_grad_(), torch.cat([xy, xy + wh], -1).requires_grad_()))
+        outputs.append(
+            StageOutput(logits.requires_grad_(), torch.cat([xy, xy + wh], -1).requires_grad_())
+        )
     whwh = torch.tensor([[100.0, 80, 100, 80]] * 2)
     return outputs, [gt, empty], whwh
 
@@ -59,8 +67,13 @@ def reference_stage_losses(output, gt, whwh):
     logits, boxes = output.logits.detach().tolist(), output.boxes.detach().tolist()
     gt_boxes, gt_classes = gt.gt_boxes.tensor.tolist(), gt.gt_classes.tolist()
     w = whwh[0].tolist()
-    best = min(itertools.permutations(range(len(logits[0])), 3), key=lambda queries: sum(
-        reference_cost(logits[0], boxes[0], gt_classes, gt_boxes, w, q, g) for g, q in enumerate(queries)))
+    best = min(
+        itertools.permutations(range(len(logits[0])), 3),
+        key=lambda queries: sum(
+            reference_cost(logits[0], boxes[0], gt_classes, gt_boxes, w, q, g)
+            for g, q in enumerate(queries)
+        ),
+    )
     focal = 0.0
     for image in range(2):
         for q, row in enumerate(logits[image]):
@@ -69,17 +82,25 @@ def reference_stage_losses(output, gt, whwh):
                 p = sigmoid(x)
                 p_t, a_t = (p, ALPHA) if positive else (1 - p, 1 - ALPHA)
                 focal += -a_t * (1 - p_t) ** GAMMA * math.log(p_t)
-    l1 = sum(abs(boxes[0][q][i] - gt_boxes[g][i]) / w[i] for g, q in enumerate(best) for i in range(4))
+    l1 = sum(
+        abs(boxes[0][q][i] - gt_boxes[g][i]) / w[i] for g, q in enumerate(best) for i in range(4)
+    )
     giou = sum(1 - reference_giou(boxes[0][q], gt_boxes[g]) for g, q in enumerate(best))
-    return {"cls": WEIGHTS["cls"] * focal / 3, "bbox": WEIGHTS["bbox"] * l1 / 3,
-            "giou": WEIGHTS["giou"] * giou / 3}, best
+    return {
+        "cls": WEIGHTS["cls"] * focal / 3,
+        "bbox": WEIGHTS["bbox"] * l1 / 3,
+        "giou": WEIGHTS["giou"] * giou / 3,
+    }, best
 
 
 def make_criterion(weight=0.0, kind="pearson", cls="focal", k=0, tau=0.0):
     return SparseRCNNCriterion(
-        num_classes=2, classification_loss=ClassificationLoss(kind=cls),
-        correlation_loss=CorrelationLoss(weight=weight, kind=kind), one_to_many_k=k,
-        prime_sample_tau=tau)
+        num_classes=2,
+        classification_loss=ClassificationLoss(kind=cls),
+        correlation_loss=CorrelationLoss(weight=weight, kind=kind),
+        one_to_many_k=k,
+        prime_sample_tau=tau,
+    )
 
 
 def test_criterion_equals_hand_written_sparse_rcnn_losses_with_an_empty_image():
@@ -90,7 +111,9 @@ def test_criterion_equals_hand_written_sparse_rcnn_losses_with_an_empty_image():
     for stage, output in enumerate(outputs):
         reference, _ = reference_stage_losses(output, targets[0], whwh)
         for name, value in reference.items():
-            assert losses[f"loss_{name}_stage{stage}"].item() == pytest.approx(value, rel=1e-6), name
+            assert losses[f"loss_{name}_stage{stage}"].item() == pytest.approx(value, rel=1e-6), (
+                name
+            )
 
 
 def test_correlation_term_is_added_per_stage_and_changes_nothing_else():
@@ -104,9 +127,13 @@ def test_correlation_term_is_added_per_stage_and_changes_nothing_else():
         _, best = reference_stage_losses(output, targets[0], whwh)
         gt = targets[0]
         scores = [sigmoid(output.logits[0, q, gt.gt_classes[g]].item()) for g, q in enumerate(best)]
-        ious = torchvision.ops.box_iou(output.boxes[0, list(best)].detach(), gt.gt_boxes.tensor.double()).diag()
+        ious = torchvision.ops.box_iou(
+            output.boxes[0, list(best)].detach(), gt.gt_boxes.tensor.double()
+        ).diag()
         rho = np.corrcoef(scores, ious.numpy())[0, 1]
-        assert with_corr[f"loss_corr_stage{stage}"].item() == pytest.approx(0.5 * (1 - rho), rel=1e-5)
+        assert with_corr[f"loss_corr_stage{stage}"].item() == pytest.approx(
+            0.5 * (1 - rho), rel=1e-5
+        )
         assert storage.latest()[f"corr/rho_stage{stage}"][0] == pytest.approx(rho, rel=1e-5)
     assert set(with_corr) - set(plain) == {"loss_corr_stage0", "loss_corr_stage1"}
 
@@ -130,7 +157,7 @@ def test_mixed_matching_and_prime_sample_weights():
             boxes = output.boxes.detach()[0, queries]
             ious = torchvision.ops.box_iou(boxes, gt_boxes).diag()
             scores = torch.sigmoid(output.logits.detach()[0, queries, gt_classes])
-            quality = scores ** 0.25 * ious ** 0.75
+            quality = scores**0.25 * ious**0.75
             weights = torch.ones(len(queries), dtype=torch.float64)
             for g in range(3):
                 members = (gts == g).nonzero().flatten()
@@ -140,13 +167,14 @@ def test_mixed_matching_and_prime_sample_weights():
             l1 = ((boxes - gt_boxes) / whwh[0].double()).abs().sum(1)
             expected_l1 = WEIGHTS["bbox"] * (weights * l1).sum().item() / 3
             assert losses[f"loss_bbox_stage{stage}"].item() == pytest.approx(expected_l1, rel=1e-6)
-            # IA-BCE written out: BCE(p, clamp(quality, 0.01)·w) at positives, p^2·BCE(p, 0) elsewhere.
+            # IA-BCE written out: BCE(p, clamp(quality, 0.01)·w) at positives, p^2·BCE(p, 0)
+            # elsewhere.
             probs = torch.sigmoid(output.logits.detach())
             target = torch.zeros_like(probs)
             target[0, queries, gt_classes] = quality.clamp(min=0.01) * weights
             positive = target > 0
             bce = -(target * probs.log() + (1 - target) * (1 - probs).log())
-            elementwise = torch.where(positive, bce, probs ** 2 * bce)
+            elementwise = torch.where(positive, bce, probs**2 * bce)
             expected_cls = WEIGHTS["cls"] * elementwise.sum().item() / 3
             assert losses[f"loss_cls_stage{stage}"].item() == pytest.approx(expected_cls, rel=1e-5)
 
@@ -165,6 +193,7 @@ def spy_on_matching(monkeypatch):
     def spy(cost, k):
         calls.append(k)
         return real(cost, k)
+
     monkeypatch.setattr(sparse_rcnn_criterion, "one_to_k_assignment", spy)
     return calls
 
@@ -172,24 +201,43 @@ def spy_on_matching(monkeypatch):
 def forbid_nms(monkeypatch):
     def nms_called(*args, **kwargs):
         raise AssertionError("NMS was called on an NMS-free detector's path")
+
     for module in ("torchvision.ops", "torchvision.ops.boxes", "detectron2.layers.nms"):
         for name in ("nms", "batched_nms"):
             monkeypatch.setattr(importlib.import_module(module), name, nms_called)
 
 
-@pytest.mark.parametrize("cls_loss,k,group_by", [
-    ("focal", 0, "batch"), ("ia_bce", 2, "batch"), ("qfl", 0, "image"), ("vfl", 2, "image")])
-def test_end_to_end_training_step_and_nms_free_inference(monkeypatch, cls_loss, k, group_by, losses_and_grads):
-    model = tiny_model("CorrSparseRCNN", "MODEL.CORR_LOSS.WEIGHT", 0.2, "MODEL.CORR_LOSS.TYPE",
-                       "spearman", "MODEL.CORR_LOSS.RANK_STRENGTH", 0.01, "MODEL.CORR_LOSS.GROUP_BY",
-                       group_by, "MODEL.CLS_LOSS.TYPE", cls_loss, "MODEL.SPARSE_RCNN.ONE_TO_MANY_K", k)
+@pytest.mark.parametrize(
+    "cls_loss,k,group_by",
+    [("focal", 0, "batch"), ("ia_bce", 2, "batch"), ("qfl", 0, "image"), ("vfl", 2, "image")],
+)
+def test_end_to_end_training_step_and_nms_free_inference(
+    monkeypatch, cls_loss, k, group_by, losses_and_grads
+):
+    model = tiny_model(
+        "CorrSparseRCNN",
+        "MODEL.CORR_LOSS.WEIGHT",
+        0.2,
+        "MODEL.CORR_LOSS.TYPE",
+        "spearman",
+        "MODEL.CORR_LOSS.RANK_STRENGTH",
+        0.01,
+        "MODEL.CORR_LOSS.GROUP_BY",
+        group_by,
+        "MODEL.CLS_LOSS.TYPE",
+        cls_loss,
+        "MODEL.SPARSE_RCNN.ONE_TO_MANY_K",
+        k,
+    )
     calls = spy_on_matching(monkeypatch)
     batch = synthetic_batch(4, empty=(0,))
     losses, grads, storage = losses_and_grads(model, batch)
     # Images hold at most 3 boxes, so k = 2 is not capped (⌊10 / 3⌋ = 3); the last stage is 1:1.
     assert calls == [max(k, 1)] * 4 + [1] * 4
     assert all(torch.isfinite(v) for v in losses.values())
-    assert {f"loss_{n}_stage{s}" for n in ("cls", "bbox", "giou", "corr") for s in (0, 1)} == set(losses)
+    assert {f"loss_{n}_stage{s}" for n in ("cls", "bbox", "giou", "corr") for s in (0, 1)} == set(
+        losses
+    )
     assert "corr/rho_stage0" in storage.latest() and "corr/num_pos_stage1" in storage.latest()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in grads]
     assert not missing, f"parameters without gradient (DDP would fail): {missing}"
@@ -209,15 +257,20 @@ def test_end_to_end_training_step_and_nms_free_inference(monkeypatch, cls_loss, 
 
 def test_correlation_term_reaches_only_the_classification_branch(losses_and_grads):
     batch = synthetic_batch(2)
-    _, base, _ = losses_and_grads(tiny_model("CorrSparseRCNN", "MODEL.CORR_LOSS.WEIGHT", 0.0), batch)
+    _, base, _ = losses_and_grads(
+        tiny_model("CorrSparseRCNN", "MODEL.CORR_LOSS.WEIGHT", 0.0), batch
+    )
     losses, with_corr, _ = losses_and_grads(
-        tiny_model("CorrSparseRCNN", "MODEL.CORR_LOSS.WEIGHT", 1.0), batch)
+        tiny_model("CorrSparseRCNN", "MODEL.CORR_LOSS.WEIGHT", 1.0), batch
+    )
     assert losses["loss_corr_stage1"] > 0
     box_only = [n for n in base if "reg_tower" in n or "box_deltas" in n]
     assert box_only
     for name in box_only:
         torch.testing.assert_close(with_corr[name], base[name], rtol=1e-4, atol=1e-7)
-    assert not torch.allclose(with_corr["stages.1.class_logits.weight"], base["stages.1.class_logits.weight"])
+    assert not torch.allclose(
+        with_corr["stages.1.class_logits.weight"], base["stages.1.class_logits.weight"]
+    )
 
 
 def test_inference_gives_detections_per_image_clamped_to_proposals_times_classes():
@@ -231,15 +284,27 @@ def test_non_finite_predictions_stop_with_floating_point_error_naming_the_iterat
     model = tiny_model("CorrSparseRCNN")
     with torch.no_grad():
         model.proposal_boxes.weight[3, 2] = float("nan")
-    with EventStorage(start_iter=7), pytest.raises(FloatingPointError, match="iteration 7.*BASE_LR"):
+    with (
+        EventStorage(start_iter=7),
+        pytest.raises(FloatingPointError, match="iteration 7.*BASE_LR"),
+    ):
         model(synthetic_batch(2))
 
 
-@pytest.mark.parametrize("opts,message", [
-    (["MODEL.CORR_LOSS.GROUP_BY", "level"], r"GROUP_BY = 'level' is not valid for CorrSparseRCNN"),
-    (["MODEL.SPARSE_RCNN.HIDDEN_DIM", 64], r"HIDDEN_DIM = 64 must equal .*\[32\].*FPN.OUT_CHANNELS"),
-    (["MODEL.SPARSE_RCNN.IN_FEATURES", ["p1", "p2"]], r"IN_FEATURES.*\['p1'\]"),
-])
+@pytest.mark.parametrize(
+    "opts,message",
+    [
+        (
+            ["MODEL.CORR_LOSS.GROUP_BY", "level"],
+            r"GROUP_BY = 'level' is not valid for CorrSparseRCNN",
+        ),
+        (
+            ["MODEL.SPARSE_RCNN.HIDDEN_DIM", 64],
+            r"HIDDEN_DIM = 64 must equal .*\[32\].*FPN.OUT_CHANNELS",
+        ),
+        (["MODEL.SPARSE_RCNN.IN_FEATURES", ["p1", "p2"]], r"IN_FEATURES.*\['p1'\]"),
+    ],
+)
 def test_inconsistent_config_is_named_at_build(opts, message):
     with pytest.raises(ValueError, match=message):
         tiny_model("CorrSparseRCNN", *opts)

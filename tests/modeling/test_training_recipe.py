@@ -1,27 +1,37 @@
 """The training recipe train_net.py builds: the optimiser choice (detectron2's SGD unchanged,
 AdamW with a backbone multiplier, full-model gradient clipping) and Sparse R-CNN's augmentation."""
+
 import numpy as np
 import pytest
 import torch
-
-from corrloss_d2.data.augmentation import build_train_augmentation
-from corrloss_d2.solver import build_optimizer, with_full_model_gradient_clipping
 from detectron2.data import transforms as T
 from detectron2.solver import build_optimizer as detectron2_build_optimizer
 from detectron2.utils.events import EventStorage
 
+from corrloss_d2.data.augmentation import build_train_augmentation
+from corrloss_d2.solver import build_optimizer, with_full_model_gradient_clipping
 from tests.tiny import tiny_cfg, tiny_model
 
 
 def group_settings(optimizer, model):
     names = {id(p): n for n, p in model.named_parameters()}
-    return sorted((names[id(p)], g["lr"], g["weight_decay"]) for g in optimizer.param_groups
-                  for p in g["params"])
+    return sorted(
+        (names[id(p)], g["lr"], g["weight_decay"])
+        for g in optimizer.param_groups
+        for p in g["params"]
+    )
 
 
 def test_dense_recipe_keeps_detectron2s_sgd_exactly():
-    cfg = tiny_cfg("CorrRetinaNet", "SOLVER.WEIGHT_DECAY_NORM", 0.0, "SOLVER.CLIP_GRADIENTS.ENABLED",
-                   True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "norm")
+    cfg = tiny_cfg(
+        "CorrRetinaNet",
+        "SOLVER.WEIGHT_DECAY_NORM",
+        0.0,
+        "SOLVER.CLIP_GRADIENTS.ENABLED",
+        True,
+        "SOLVER.CLIP_GRADIENTS.CLIP_TYPE",
+        "norm",
+    )
     model = tiny_model("CorrRetinaNet")
     ours, reference = build_optimizer(cfg, model), detectron2_build_optimizer(cfg, model)
     assert type(ours).__mro__[1:] == type(reference).__mro__[1:]  # SGD with detectron2's clipping
@@ -30,8 +40,15 @@ def test_dense_recipe_keeps_detectron2s_sgd_exactly():
 
 
 def test_adamw_with_backbone_multiplier_and_weight_decay():
-    cfg = tiny_cfg("CorrSparseRCNN", "SOLVER.BASE_LR", 1e-4, "SOLVER.BACKBONE_MULTIPLIER", 0.1,
-                   "SOLVER.WEIGHT_DECAY", 1e-4)
+    cfg = tiny_cfg(
+        "CorrSparseRCNN",
+        "SOLVER.BASE_LR",
+        1e-4,
+        "SOLVER.BACKBONE_MULTIPLIER",
+        0.1,
+        "SOLVER.WEIGHT_DECAY",
+        1e-4,
+    )
     model = tiny_model("CorrSparseRCNN")
     optimizer = build_optimizer(cfg, model)
     assert isinstance(optimizer, torch.optim.AdamW)
@@ -69,18 +86,29 @@ def test_full_model_clipping_from_the_config():
 
 
 def test_sparse_rcnn_augmentation_crops_about_half_the_images_then_resizes():
-    cfg = tiny_cfg("CorrSparseRCNN", "INPUT.TRAIN_AUGMENTATION", "sparse_rcnn",
-                   "INPUT.MIN_SIZE_TRAIN", (480, 512), "INPUT.MAX_SIZE_TRAIN", 1000,
-                   "INPUT.CROP.SIZE", (384, 600))
+    cfg = tiny_cfg(
+        "CorrSparseRCNN",
+        "INPUT.TRAIN_AUGMENTATION",
+        "sparse_rcnn",
+        "INPUT.MIN_SIZE_TRAIN",
+        (480, 512),
+        "INPUT.MAX_SIZE_TRAIN",
+        1000,
+        "INPUT.CROP.SIZE",
+        (384, 600),
+    )
     augmentation = T.AugmentationList(build_train_augmentation(cfg))
     np.random.seed(0)
     cropped = 0
     for _ in range(40):
-        aug_input = T.AugInput(np.zeros((600, 800, 3), dtype=np.uint8),
-                               boxes=np.array([[100.0, 100, 300, 400]]))
+        aug_input = T.AugInput(
+            np.zeros((600, 800, 3), dtype=np.uint8), boxes=np.array([[100.0, 100, 300, 400]])
+        )
         transforms = augmentation(aug_input)
         cropped += any(isinstance(t, T.CropTransform) for t in transforms)
-        assert min(aug_input.image.shape[:2]) in (480, 512) or max(aug_input.image.shape[:2]) == 1000
+        assert (
+            min(aug_input.image.shape[:2]) in (480, 512) or max(aug_input.image.shape[:2]) == 1000
+        )
     assert 10 <= cropped <= 30
 
 

@@ -1,10 +1,16 @@
 """The meta-architectures corrloss_d2 registers with detectron2's META_ARCH_REGISTRY, one module
 per family (as detectron2's ``modeling/meta_arch``)."""
+
 from .build import check_model_config
 from .dense import CorrelationAwareDenseMixin
 from .fcos import CorrFCOS
 from .retinanet import CorrRetinaNet
 from .sparse_rcnn import CorrSparseRCNN
 
-__all__ = ["CorrFCOS", "CorrRetinaNet", "CorrSparseRCNN", "CorrelationAwareDenseMixin",
-           "check_model_config"]
+__all__ = [
+    "CorrFCOS",
+    "CorrRetinaNet",
+    "CorrSparseRCNN",
+    "CorrelationAwareDenseMixin",
+    "check_model_config",
+]

@@ -1,4 +1,5 @@
 """What every corrloss_d2 meta-architecture checks of its config, once per model build."""
+
 from ...compiled_ops import check_config_compiled_ops
 from ...config import validate_corrloss_config
 

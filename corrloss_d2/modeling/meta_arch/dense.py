@@ -1,9 +1,9 @@
 """The base of the correlation-aware dense detectors (CorrRetinaNet, CorrFCOS): their losses
 over detectron2's assignment, and their pre-NMS candidates for the correlation evaluation."""
+
 from typing import Dict, List, NamedTuple
 
 import torch
-
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.box_regression import _dense_box_regression_loss
@@ -65,8 +65,13 @@ class CorrelationAwareDenseMixin:
     LOSS_NORMALIZER_MOMENTUM = 0.9
 
     @configurable
-    def __init__(self, *, classification_loss: ClassificationLoss,
-                 correlation_loss: CorrelationLoss, **kwargs):
+    def __init__(
+        self,
+        *,
+        classification_loss: ClassificationLoss,
+        correlation_loss: CorrelationLoss,
+        **kwargs,
+    ):
         """
         Args:
             classification_loss: replaces the detector's focal loss
@@ -75,8 +80,10 @@ class CorrelationAwareDenseMixin:
             kwargs: the detector's own constructor arguments.
         """
         super().__init__(**kwargs)
-        self.register_buffer("loss_normalizer", torch.tensor(float(self.LOSS_NORMALIZER_INITIAL),
-                                                             dtype=torch.float64))
+        self.register_buffer(
+            "loss_normalizer",
+            torch.tensor(float(self.LOSS_NORMALIZER_INITIAL), dtype=torch.float64),
+        )
         self.classification_loss = classification_loss
         self.correlation_loss = correlation_loss
         self._recorded_candidates = None  # a list only inside a recording forward
@@ -97,7 +104,8 @@ class CorrelationAwareDenseMixin:
         for output, candidates, inputs in zip(outputs, recorded, batched_inputs):
             height, width = candidates.image_size
             output[candidate_recording.CANDIDATES_KEY] = detector_postprocess(
-                candidates, inputs.get("height", height), inputs.get("width", width))
+                candidates, inputs.get("height", height), inputs.get("width", width)
+            )
         return outputs
 
     def _decode_multi_level_predictions(self, *args, **kwargs):
@@ -115,9 +123,15 @@ class CorrelationAwareDenseMixin:
         self.loss_normalizer.fill_(value)
         return value
 
-    def positive_samples(self, anchors: List[Boxes], logits: torch.Tensor, gt_labels: torch.Tensor,
-                         pred_anchor_deltas: List[torch.Tensor], gt_boxes: List[torch.Tensor],
-                         pos_mask: torch.Tensor) -> DensePositives:
+    def positive_samples(
+        self,
+        anchors: List[Boxes],
+        logits: torch.Tensor,
+        gt_labels: torch.Tensor,
+        pred_anchor_deltas: List[torch.Tensor],
+        gt_boxes: List[torch.Tensor],
+        pos_mask: torch.Tensor,
+    ) -> DensePositives:
         """
         Args:
             anchors: per level, (R_l,) Boxes. logits: (N, R, K) all levels concatenated.
@@ -129,21 +143,35 @@ class CorrelationAwareDenseMixin:
         labels = gt_labels[image_index, anchor_index]
         gt_class_logits = logits[image_index, anchor_index, labels]
         level_sizes = torch.tensor([len(a) for a in anchors], device=logits.device)
-        level_of_anchor = torch.repeat_interleave(torch.arange(len(anchors), device=logits.device),
-                                                  level_sizes)
+        level_of_anchor = torch.repeat_interleave(
+            torch.arange(len(anchors), device=logits.device), level_sizes
+        )
         with torch.no_grad():
             deltas = cat(pred_anchor_deltas, dim=1)[image_index, anchor_index]
             anchor_boxes = Boxes.cat(anchors).tensor[anchor_index]
             pred_boxes = self.box2box_transform.apply_deltas(deltas.float(), anchor_boxes)
             matched_gt = torch.stack(gt_boxes)[image_index, anchor_index]
             ious = matched_box_iou(pred_boxes, matched_gt)
-        return DensePositives(gt_class_logits, pred_boxes, matched_gt, ious,
-                              level_of_anchor[anchor_index], image_index)
+        return DensePositives(
+            gt_class_logits,
+            pred_boxes,
+            matched_gt,
+            ious,
+            level_of_anchor[anchor_index],
+            image_index,
+        )
 
-    def dense_losses(self, anchors: List[Boxes], pred_logits: List[torch.Tensor],
-                     gt_labels: List[torch.Tensor], pred_anchor_deltas: List[torch.Tensor],
-                     gt_boxes: List[torch.Tensor], *, box_reg_loss_type: str,
-                     smooth_l1_beta: float = 0.0) -> DenseLosses:
+    def dense_losses(
+        self,
+        anchors: List[Boxes],
+        pred_logits: List[torch.Tensor],
+        gt_labels: List[torch.Tensor],
+        pred_anchor_deltas: List[torch.Tensor],
+        gt_boxes: List[torch.Tensor],
+        *,
+        box_reg_loss_type: str,
+        smooth_l1_beta: float = 0.0,
+    ) -> DenseLosses:
         """Classification, box regression and correlation terms, normalised like detectron2's
         RetinaNet/FCOS (EMA of the positive count, see the class), the count averaged
         over processes."""
@@ -156,24 +184,41 @@ class CorrelationAwareDenseMixin:
         # Every process divides by the same number and keeps the same EMA (mmdetection averages
         # the count too; detectron2's RetinaNet/FCOS use each process's own).
         normalizer = self.update_loss_normalizer(
-            max(mean_over_processes(num_pos_anchors, pos_mask.device), 1))
+            max(mean_over_processes(num_pos_anchors, pos_mask.device), 1)
+        )
 
         logits = cat(pred_logits, dim=1)
-        positives = self.positive_samples(anchors, logits, gt_labels, pred_anchor_deltas, gt_boxes,
-                                          pos_mask)
+        positives = self.positive_samples(
+            anchors, logits, gt_labels, pred_anchor_deltas, gt_boxes, pos_mask
+        )
         ious = None
         if self.classification_loss.uses_ious:
             ious = torch.zeros(gt_labels.shape, dtype=positives.ious.dtype, device=logits.device)
             ious[pos_mask] = positives.ious
             ious = ious[valid_mask]
-        loss_cls = self.classification_loss(logits[valid_mask], gt_labels[valid_mask], ious,
-                                            normalizer)
+        loss_cls = self.classification_loss(
+            logits[valid_mask], gt_labels[valid_mask], ious, normalizer
+        )
         # Box losses from float32 deltas: under autocast fvcore's GIoU loss mixes dtypes and
         # fails (detectron2's FCOS too); in float32 training .float() is the identity.
-        loss_box = _dense_box_regression_loss(
-            anchors, self.box2box_transform, [d.float() for d in pred_anchor_deltas], gt_boxes,
-            pos_mask, box_reg_loss_type=box_reg_loss_type, smooth_l1_beta=smooth_l1_beta) / normalizer
-        corr = self.correlation_loss(positives.gt_class_logits, positives.pred_boxes,
-                                     positives.gt_boxes, level_index=positives.level_index,
-                                     image_index=positives.image_index, ious=positives.ious)
+        loss_box = (
+            _dense_box_regression_loss(
+                anchors,
+                self.box2box_transform,
+                [d.float() for d in pred_anchor_deltas],
+                gt_boxes,
+                pos_mask,
+                box_reg_loss_type=box_reg_loss_type,
+                smooth_l1_beta=smooth_l1_beta,
+            )
+            / normalizer
+        )
+        corr = self.correlation_loss(
+            positives.gt_class_logits,
+            positives.pred_boxes,
+            positives.gt_boxes,
+            level_index=positives.level_index,
+            image_index=positives.image_index,
+            ious=positives.ious,
+        )
         return DenseLosses(loss_cls, loss_box, corr, pos_mask, normalizer)

@@ -1,10 +1,10 @@
 """CorrFCOS: detectron2's FCOS, configurable from yaml (MODEL.FCOS), with MODEL.CLS_LOSS and
 Correlation Loss."""
-import torch
-from torch.nn import functional as F
 
+import torch
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
+from torch.nn import functional as F
 
 from ..backbone import backbone_feature_shapes
 from ..classification_loss import ClassificationLoss
@@ -32,9 +32,16 @@ class CorrFCOS(CorrelationAwareDenseMixin, FCOS):
         check_model_config(cfg)
         fcos = cfg.MODEL.FCOS
         backbone = build_backbone(cfg)
-        feature_shapes = backbone_feature_shapes(backbone, fcos.IN_FEATURES, "MODEL.FCOS.IN_FEATURES")
-        head = FCOSHead(input_shape=feature_shapes, conv_dims=[feature_shapes[0].channels] * fcos.NUM_CONVS,
-                        num_classes=fcos.NUM_CLASSES, norm=fcos.HEAD_NORM, prior_prob=fcos.PRIOR_PROB)
+        feature_shapes = backbone_feature_shapes(
+            backbone, fcos.IN_FEATURES, "MODEL.FCOS.IN_FEATURES"
+        )
+        head = FCOSHead(
+            input_shape=feature_shapes,
+            conv_dims=[feature_shapes[0].channels] * fcos.NUM_CONVS,
+            num_classes=fcos.NUM_CLASSES,
+            norm=fcos.HEAD_NORM,
+            prior_prob=fcos.PRIOR_PROB,
+        )
         return {
             "backbone": backbone,
             "head": head,
@@ -49,18 +56,27 @@ class CorrFCOS(CorrelationAwareDenseMixin, FCOS):
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "classification_loss": ClassificationLoss(cfg, focal_alpha=fcos.FOCAL_LOSS_ALPHA,
-                                                      focal_gamma=fcos.FOCAL_LOSS_GAMMA),
+            "classification_loss": ClassificationLoss(
+                cfg, focal_alpha=fcos.FOCAL_LOSS_ALPHA, focal_gamma=fcos.FOCAL_LOSS_GAMMA
+            ),
             "correlation_loss": CorrelationLoss(cfg, default_group_by="batch"),
         }
 
-    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness):
+    def losses(
+        self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness
+    ):
         """Same inputs as :meth:`FCOS.losses`; adds ``loss_corr`` when its weight is > 0."""
-        out = self.dense_losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
-                                box_reg_loss_type="giou")
+        out = self.dense_losses(
+            anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, box_reg_loss_type="giou"
+        )
         ctrness_targets = self.compute_ctrness_targets(anchors, gt_boxes)  # (N, R)
         pred_centerness = torch.cat(pred_centerness, dim=1).squeeze(dim=2)  # (N, R)
         loss_ctr = F.binary_cross_entropy_with_logits(
-            pred_centerness[out.pos_mask], ctrness_targets[out.pos_mask], reduction="sum")
-        return {"loss_fcos_cls": out.cls, "loss_fcos_loc": out.box,
-                "loss_fcos_ctr": loss_ctr / out.normalizer, **out.corr}
+            pred_centerness[out.pos_mask], ctrness_targets[out.pos_mask], reduction="sum"
+        )
+        return {
+            "loss_fcos_cls": out.cls,
+            "loss_fcos_loc": out.box,
+            "loss_fcos_ctr": loss_ctr / out.normalizer,
+            **out.corr,
+        }

@@ -1,4 +1,5 @@
 """CorrRetinaNet: detectron2's RetinaNet with MODEL.CLS_LOSS and Correlation Loss."""
+
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
@@ -25,14 +26,22 @@ class CorrRetinaNet(CorrelationAwareDenseMixin, RetinaNet):
         check_model_config(cfg)
         ret = super().from_config(cfg)
         ret["classification_loss"] = ClassificationLoss(
-            cfg, focal_alpha=cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
-            focal_gamma=cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA)
+            cfg,
+            focal_alpha=cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
+            focal_gamma=cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
+        )
         ret["correlation_loss"] = CorrelationLoss(cfg, default_group_by="level")
         return ret
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
         """Same inputs as :meth:`RetinaNet.losses`; adds ``loss_corr`` when its weight is > 0."""
-        out = self.dense_losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
-                                box_reg_loss_type=self.box_reg_loss_type,
-                                smooth_l1_beta=self.smooth_l1_beta)
+        out = self.dense_losses(
+            anchors,
+            pred_logits,
+            gt_labels,
+            pred_anchor_deltas,
+            gt_boxes,
+            box_reg_loss_type=self.box_reg_loss_type,
+            smooth_l1_beta=self.smooth_l1_beta,
+        )
         return {"loss_cls": out.cls, "loss_box_reg": out.box, **out.corr}

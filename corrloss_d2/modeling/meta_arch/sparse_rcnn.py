@@ -1,19 +1,20 @@
 """CorrSparseRCNN: Sparse R-CNN (Sun et al., CVPR 2021), NMS-free, with Correlation Loss on every
-stage and Align-DETR's IA-BCE, mixed matching and prime-sample weights (:mod:`..sparse_rcnn_criterion`).
+stage and Align-DETR's IA-BCE, mixed matching and prime-sample weights
+(:mod:`corrloss_d2.modeling.sparse_rcnn_criterion`).
 
 Conventions: B images, N learnable proposals, K classes, S RoIAlign resolution, d hidden width.
 Boxes are XYXY in the pixels of the (resized) input image unless a name says otherwise.
 """
+
 from typing import Dict, List, Tuple
 
 import torch
-from torch import nn
-
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes, ImageList, Instances
+from torch import nn
 
 from ...errors import ConfigError
 from ..backbone import backbone_feature_shapes
@@ -42,10 +43,20 @@ class CorrSparseRCNN(nn.Module):
     NUM_CLASSES_KEY = "MODEL.SPARSE_RCNN.NUM_CLASSES"
 
     @configurable
-    def __init__(self, *, backbone: nn.Module, in_features: List[str], pooler: ROIPooler,
-                 stages: List[SparseRCNNStage], criterion: SparseRCNNCriterion, num_proposals: int,
-                 hidden_dim: int, max_detections_per_image: int, pixel_mean: Tuple[float, ...],
-                 pixel_std: Tuple[float, ...]):
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        in_features: List[str],
+        pooler: ROIPooler,
+        stages: List[SparseRCNNStage],
+        criterion: SparseRCNNCriterion,
+        num_proposals: int,
+        hidden_dim: int,
+        max_detections_per_image: int,
+        pixel_mean: Tuple[float, ...],
+        pixel_std: Tuple[float, ...],
+    ):
         """
         Args:
             backbone: produces ``in_features`` with ``hidden_dim`` channels.
@@ -73,39 +84,63 @@ class CorrSparseRCNN(nn.Module):
         check_model_config(cfg)
         sparse = cfg.MODEL.SPARSE_RCNN
         if cfg.MODEL.CORR_LOSS.GROUP_BY == "level":
-            raise ConfigError("cfg.MODEL.CORR_LOSS.GROUP_BY = 'level' is not valid for "
-                              "CorrSparseRCNN, whose queries have no FPN level; allowed values: "
-                              "'auto' or 'batch' (one ρ per stage over the batch, the paper) and "
-                              "'image'")
+            raise ConfigError(
+                "cfg.MODEL.CORR_LOSS.GROUP_BY = 'level' is not valid for "
+                "CorrSparseRCNN, whose queries have no FPN level; allowed values: "
+                "'auto' or 'batch' (one ρ per stage over the batch, the paper) and "
+                "'image'"
+            )
         backbone = build_backbone(cfg)
-        shapes = backbone_feature_shapes(backbone, sparse.IN_FEATURES, "MODEL.SPARSE_RCNN.IN_FEATURES")
+        shapes = backbone_feature_shapes(
+            backbone, sparse.IN_FEATURES, "MODEL.SPARSE_RCNN.IN_FEATURES"
+        )
         channels = {s.channels for s in shapes}
         if channels != {sparse.HIDDEN_DIM}:
-            raise ConfigError(f"cfg.MODEL.SPARSE_RCNN.HIDDEN_DIM = {sparse.HIDDEN_DIM} must equal "
-                              f"the channels of the features it pools ({sorted(channels)}; "
-                              "MODEL.FPN.OUT_CHANNELS for an FPN backbone)")
+            raise ConfigError(
+                f"cfg.MODEL.SPARSE_RCNN.HIDDEN_DIM = {sparse.HIDDEN_DIM} must equal "
+                f"the channels of the features it pools ({sorted(channels)}; "
+                "MODEL.FPN.OUT_CHANNELS for an FPN backbone)"
+            )
         box_head = cfg.MODEL.ROI_BOX_HEAD
-        pooler = ROIPooler(output_size=box_head.POOLER_RESOLUTION,
-                           scales=tuple(1.0 / s.stride for s in shapes),
-                           sampling_ratio=box_head.POOLER_SAMPLING_RATIO,
-                           pooler_type=box_head.POOLER_TYPE)
+        pooler = ROIPooler(
+            output_size=box_head.POOLER_RESOLUTION,
+            scales=tuple(1.0 / s.stride for s in shapes),
+            sampling_ratio=box_head.POOLER_SAMPLING_RATIO,
+            pooler_type=box_head.POOLER_TYPE,
+        )
         box2box_transform = Box2BoxTransform(weights=BOX_DELTA_WEIGHTS)
-        stages = [SparseRCNNStage(
-            num_classes=sparse.NUM_CLASSES, hidden_dim=sparse.HIDDEN_DIM, num_heads=sparse.NUM_HEADS,
-            dim_feedforward=sparse.DIM_FEEDFORWARD, dropout=sparse.DROPOUT,
-            dim_dynamic=sparse.DIM_DYNAMIC, num_dynamic=sparse.NUM_DYNAMIC,
-            pooler_resolution=box_head.POOLER_RESOLUTION, num_cls_layers=sparse.NUM_CLS_LAYERS,
-            num_reg_layers=sparse.NUM_REG_LAYERS, prior_prob=sparse.PRIOR_PROB,
-            box2box_transform=box2box_transform) for _ in range(sparse.NUM_STAGES)]
+        stages = [
+            SparseRCNNStage(
+                num_classes=sparse.NUM_CLASSES,
+                hidden_dim=sparse.HIDDEN_DIM,
+                num_heads=sparse.NUM_HEADS,
+                dim_feedforward=sparse.DIM_FEEDFORWARD,
+                dropout=sparse.DROPOUT,
+                dim_dynamic=sparse.DIM_DYNAMIC,
+                num_dynamic=sparse.NUM_DYNAMIC,
+                pooler_resolution=box_head.POOLER_RESOLUTION,
+                num_cls_layers=sparse.NUM_CLS_LAYERS,
+                num_reg_layers=sparse.NUM_REG_LAYERS,
+                prior_prob=sparse.PRIOR_PROB,
+                box2box_transform=box2box_transform,
+            )
+            for _ in range(sparse.NUM_STAGES)
+        ]
         criterion = SparseRCNNCriterion(
             num_classes=sparse.NUM_CLASSES,
-            classification_loss=ClassificationLoss(cfg, focal_alpha=sparse.FOCAL_LOSS_ALPHA,
-                                                   focal_gamma=sparse.FOCAL_LOSS_GAMMA),
+            classification_loss=ClassificationLoss(
+                cfg, focal_alpha=sparse.FOCAL_LOSS_ALPHA, focal_gamma=sparse.FOCAL_LOSS_GAMMA
+            ),
             correlation_loss=CorrelationLoss(cfg, default_group_by="batch"),
-            class_weight=sparse.CLASS_WEIGHT, l1_weight=sparse.L1_WEIGHT,
-            giou_weight=sparse.GIOU_WEIGHT, focal_alpha=sparse.FOCAL_LOSS_ALPHA,
-            focal_gamma=sparse.FOCAL_LOSS_GAMMA, one_to_many_k=sparse.ONE_TO_MANY_K,
-            prime_sample_tau=sparse.PRIME_SAMPLE_TAU, quality_alpha=cfg.MODEL.CLS_LOSS.IA_BCE_ALPHA)
+            class_weight=sparse.CLASS_WEIGHT,
+            l1_weight=sparse.L1_WEIGHT,
+            giou_weight=sparse.GIOU_WEIGHT,
+            focal_alpha=sparse.FOCAL_LOSS_ALPHA,
+            focal_gamma=sparse.FOCAL_LOSS_GAMMA,
+            one_to_many_k=sparse.ONE_TO_MANY_K,
+            prime_sample_tau=sparse.PRIME_SAMPLE_TAU,
+            quality_alpha=cfg.MODEL.CLS_LOSS.IA_BCE_ALPHA,
+        )
         return {
             "backbone": backbone,
             "in_features": sparse.IN_FEATURES,
@@ -129,8 +164,9 @@ class CorrSparseRCNN(nn.Module):
         return self.criterion.correlation_loss
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
-                  for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
     def forward(self, batched_inputs: List[Dict]):
@@ -138,8 +174,9 @@ class CorrSparseRCNN(nn.Module):
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         features = [features[f] for f in self.in_features]
-        image_whwh = torch.tensor([[w, h, w, h] for h, w in images.image_sizes],
-                                  dtype=torch.float32, device=self.device)
+        image_whwh = torch.tensor(
+            [[w, h, w, h] for h, w in images.image_sizes], dtype=torch.float32, device=self.device
+        )
         outputs = self.refine(features, image_whwh)
         if self.training:
             targets = [x["instances"].to(self.device) for x in batched_inputs]
@@ -164,8 +201,9 @@ class CorrSparseRCNN(nn.Module):
             boxes = refined.detach()
         return outputs
 
-    def inference(self, output: StageOutput, image_sizes: List[Tuple[int, int]],
-                  batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
+    def inference(
+        self, output: StageOutput, image_sizes: List[Tuple[int, int]], batched_inputs: List[Dict]
+    ) -> List[Dict[str, Instances]]:
         """Top-k (proposal, class) pairs of the last stage by sigmoid score, no NMS; boxes clipped
         to the input image and scaled to the requested output size (``height``/``width``)."""
         num_classes = output.logits.shape[-1]
@@ -178,7 +216,11 @@ class CorrSparseRCNN(nn.Module):
             boxes.clip(size)
             height, width = inputs.get("height", size[0]), inputs.get("width", size[1])
             boxes.scale(width / size[1], height / size[0])
-            instances = Instances((height, width), pred_boxes=boxes, scores=top_scores[i],
-                                  pred_classes=top_index[i] % num_classes)
+            instances = Instances(
+                (height, width),
+                pred_boxes=boxes,
+                scores=top_scores[i],
+                pred_classes=top_index[i] % num_classes,
+            )
             results.append({"instances": instances})
         return results

@@ -20,9 +20,20 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 from tests import tiny  # noqa: E402
 
 
+def pytest_configure(config):
+    # Under pytest-xdist, share the cores among the workers (and the train_net.py processes they
+    # start, which read OMP_NUM_THREADS) instead of each taking them all.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(items):
-    # Multi-process and training tests end up last: a failing unit test shows up first.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+    # The long tests (trainings, several processes) first, so that workers share them out and the
+    # short ones fill the gaps, instead of one worker finishing the suite alone with a long test.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

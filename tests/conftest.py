@@ -15,6 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("CORRLOSS_DATA_ROOT", os.path.join(os.path.dirname(REPO), "shared", "data"))
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from tests import tiny  # noqa: E402

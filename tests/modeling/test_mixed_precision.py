@@ -68,7 +68,7 @@ def test_bfloat16_autocast_training_step_keeps_losses_in_float32(arch, cls_loss,
     )
     try:
         with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
-            losses = model(synthetic_batch(4, seed=1))
+            losses = model(synthetic_batch(2, seed=1))
     finally:
         record_outputs.remove()
     assert torch.bfloat16 in received["module outputs"], "autocast must run layers in bfloat16"

@@ -37,9 +37,7 @@ stamp_value() {
 }
 
 PY="$VENV/bin/python"
-# --no-compile: no byte-compilation of every installed file (torch has thousands); Python compiles
-# what it imports on first use.
-pip_install() { "$PY" -m pip install --quiet --disable-pip-version-check --no-compile "$@" 2>&1 \
+pip_install() { "$PY" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
   | grep -v "^WARNING: Location .* is ignored" || true; return "${PIPESTATUS[0]}"; }
 
 imports_ok() {

@@ -277,6 +277,7 @@ def _two_process_worker(folder, gt, result_file):
             json.dump(result["correlation"], f)
 
 
+@pytest.mark.slow
 def test_two_process_evaluation_equals_one_process(tmp_path):
     gt = random_ground_truth(0)
     name = register(tmp_path, gt)

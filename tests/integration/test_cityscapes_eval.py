@@ -384,6 +384,7 @@ def two_process_worker(root, output_dir):
         assert results == {}
 
 
+@pytest.mark.slow
 def test_two_process_evaluation_gathers_every_image(cityscapes_root, tmp_path):
     launch(two_process_worker, 2, dist_url="auto", args=(cityscapes_root, str(tmp_path)))
     results = torch.load(tmp_path / "results.pt")

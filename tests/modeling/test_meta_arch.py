@@ -106,6 +106,7 @@ def test_end_to_end_training_step_and_inference(arch, kind, cls_loss, losses_and
     assert outputs[0]["instances"].image_size == (96, 112)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_training_reduces_the_loss(arch):
     """Overfitting two images: the total loss, correlation term included, must go down."""

@@ -54,20 +54,25 @@ def run_tool(script, *args, env):
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
+    """The demo's driver on the heads of the embedded dataset's splits: drawn by its generator
+    with the splits' seeds, so they are the first images of shapes_train / shapes_val (prefix
+    stable), without drawing the 2100 images of the whole dataset."""
     folder = tmp_path_factory.mktemp("demo")
-    paths = synthetic.ensure_shapes_dataset()
-    val = json.load(open(paths["json:val"]))
-    head_ids = {image["id"] for image in val["images"][:12]}
-    head = {
-        **val,
-        "images": [i for i in val["images"] if i["id"] in head_ids],
-        "annotations": [a for a in val["annotations"] if a["image_id"] in head_ids],
-    }
-    head_file = folder / "val_head.json"
-    head_file.write_text(json.dumps(head))
-    env = {**os.environ, COCO_DATASETS_ENV: f"shapes_val_head={head_file}:{paths['images:val']}"}
+    heads = {"train": 16, "val": 12}
+    datasets = []
+    for split, num_images in heads.items():
+        seed = synthetic.SHAPES_SPLITS[split][1]
+        json_file = synthetic.generate_split(folder / "shapes", split, num_images, seed)
+        datasets.append(f"shapes_{split}_head={json_file}:{folder / 'shapes' / 'images' / split}")
+    env = {**os.environ, COCO_DATASETS_ENV: ";".join(datasets)}
     output = run_tool(
-        "compare_correlation.py", "--output-dir", str(folder / "out"), *SHORT, env=env
+        "compare_correlation.py",
+        "--output-dir",
+        str(folder / "out"),
+        *SHORT,
+        "DATASETS.TRAIN",
+        "('shapes_train_head',)",
+        env=env,
     )
     return folder / "out", output, env
 

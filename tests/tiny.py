@@ -114,3 +114,10 @@ def synthetic_batch(num_images: int = 2, empty=(), size: int = 96, seed: int = 0
         instances.gt_classes = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
         batch.append({"image": image, "instances": instances, "height": size, "width": size + 16})
     return batch
+
+
+def copypaste_box_ap(log: str) -> float:
+    """The box AP that detectron2's evaluation printed in a train_net.py output (its
+    ``copypaste: AP,AP50,...`` table)."""
+    values = log.split("copypaste: AP,AP50,AP75,APs,APm,APl")[1].splitlines()[1]
+    return float(values.split("copypaste: ")[1].split(",")[0])

@@ -132,7 +132,7 @@ class ResumableTrainLoader:
         self.sampler.start = self.next_position
         self.sampler.skip = frozenset(self.consumed)
         # The loader's iterator now, not at the first batch: it draws from torch's random state,
-        # which a resumed run restores after this call (StopOnSignal.before_train).
+        # which a resumed run restores after this call (RandomStateCheckpoint.before_train).
         singles = iter(self.loader)
         return self._consumed_batches(itertools.chain.from_iterable(singles))
 

@@ -491,18 +491,18 @@ def test_every_loader_of_this_package_checks_its_annotation_file(tmp_path):
         load()
 
 
+def one_class_training_cfg(name):
+    """The tiny RetinaNet with one class, training on ``name``, evaluating nothing."""
+    return tiny_cfg(
+        "CorrRetinaNet", "MODEL.RETINANET.NUM_CLASSES", 1, "DATASETS.TRAIN", (name,),
+        "DATASETS.TEST", (),
+    )  # fmt: skip
+
+
 def test_evaluated_dataset_needs_area_and_iscrowd_before_training(tmp_path, register):
     """COCO evaluation (pycocotools) reads them; without the check it fails after training."""
     name = register("no_area", *write_dataset(tmp_path, edit=drop("annotations", 1, "area")))
-    cfg = tiny_cfg(
-        "CorrRetinaNet",
-        "MODEL.RETINANET.NUM_CLASSES",
-        1,
-        "DATASETS.TRAIN",
-        (name,),
-        "DATASETS.TEST",
-        (),
-    )
+    cfg = one_class_training_cfg(name)
     check_datasets(cfg)  # training on it needs no area
     cfg.DATASETS.TEST = (name,)
     with pytest.raises(
@@ -589,15 +589,7 @@ def test_no_image_with_a_box_in_process(tmp_path, register):
             tmp_path, edit=lambda data: [a.__setitem__("iscrowd", 1) for a in data["annotations"]]
         ),
     )
-    cfg = tiny_cfg(
-        "CorrRetinaNet",
-        "MODEL.RETINANET.NUM_CLASSES",
-        1,
-        "DATASETS.TRAIN",
-        (name,),
-        "DATASETS.TEST",
-        (),
-    )
+    cfg = one_class_training_cfg(name)
     with pytest.raises(DatasetError) as error:
         build_checked_train_loader(cfg)
     assert str(error.value) == (

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from corrloss_d2.engine import FORWARDED_STOP_SIGNAL, StopOnSignal
-from tests.tiny import FAST, REPO
+from tests.tiny import FAST, REPO, copypaste_box_ap
 
 pytestmark = pytest.mark.slow
 
@@ -200,10 +200,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(
         os.path.join(out, "model_final.pth"),
         cwd=tmp_path,
     )
-    ap_line = log.split("copypaste: AP,AP50,AP75,APs,APm,APl")[1].splitlines()[1]
-    assert float(ap_line.split("copypaste: ")[1].split(",")[0]) == pytest.approx(
-        last["bbox/AP"], abs=1e-3
-    )
+    assert copypaste_box_ap(log) == pytest.approx(last["bbox/AP"], abs=1e-3)
 
 
 @pytest.mark.parametrize(

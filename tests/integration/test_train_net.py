@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.tiny import FAST, REPO
+from tests.tiny import FAST, REPO, copypaste_box_ap
 
 pytestmark = pytest.mark.slow
 
@@ -63,10 +63,7 @@ def test_fcos_trains_evaluates_and_evaluates_its_weights_again(tmp_path, train_n
         *common,
         cwd=tmp_path,
     )
-    ap_line = log.split("copypaste: AP,AP50,AP75,APs,APm,APl")[1].splitlines()[1]
-    assert float(ap_line.split("copypaste: ")[1].split(",")[0]) == pytest.approx(
-        final["bbox/AP"], abs=1e-3
-    )
+    assert copypaste_box_ap(log) == pytest.approx(final["bbox/AP"], abs=1e-3)
 
 
 def test_two_process_cpu_training_with_ddp_and_gathered_correlation(tmp_path, train_net, metrics):

@@ -8,4 +8,5 @@ bash "$ROOT/tools/setup_env.sh"
 cd "$ROOT"
 WORKERS="${CORRLOSS_TEST_WORKERS:-$(nproc)}"
 [ "$WORKERS" -le 4 ] || WORKERS=4
-exec "${CORRLOSS_VENV:-$ROOT/.venv}/bin/python" -m pytest -n "$WORKERS" tests "$@"
+# One test at a time to each worker: the slow tests (sorted first) spread over all of them.
+exec "${CORRLOSS_VENV:-$ROOT/.venv}/bin/python" -m pytest -n "$WORKERS" --maxschedchunk 1 tests "$@"

@@ -2,7 +2,7 @@
 launcher around detectron2's ``launch``."""
 
 from .hooks import RandomStateCheckpoint, StopOnSignal
-from .launch import input_error_message, launch_main
+from .launch import input_error_message, launch_main, launch_processes
 from .signals import (
     FORWARDED_STOP_SIGNAL,
     INTERRUPTED_EXIT_MESSAGE,
@@ -20,6 +20,7 @@ __all__ = [
     "forward_stop_signals",
     "input_error_message",
     "launch_main",
+    "launch_processes",
     "main",
     "setup",
     "signal_name",

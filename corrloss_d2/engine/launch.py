@@ -2,11 +2,13 @@
 the training processes and input errors reported in one line, whichever process met them."""
 
 import contextlib
+import functools
 import logging
 import re
 import sys
 from typing import Callable, Optional
 
+import torch.distributed as dist
 from detectron2.engine import launch
 from torch.multiprocessing import ProcessExitedException, ProcessRaisedException
 
@@ -15,7 +17,7 @@ from ..config import load_corrloss_config
 from ..errors import InputError
 from .signals import forward_stop_signals, signal_name
 
-__all__ = ["launch_main", "input_error_message"]
+__all__ = ["launch_main", "launch_processes", "input_error_message"]
 
 # How an InputError is named in a traceback: 'corrloss_d2.errors.DatasetError: <message>'.
 _NAMED_INPUT_ERROR = re.compile(rf"{re.escape(errors.__name__)}\.(\w+): ")
@@ -36,6 +38,27 @@ def input_error_message(error: Exception) -> Optional[str]:
     return text if isinstance(error, InputError) else None
 
 
+def _call_then_close_process_group(main_func: Callable, *args):
+    result = main_func(*args)
+    if dist.is_initialized():
+        # A GLOO group left to the interpreter's exit can abort the process ("terminate called
+        # without an active exception") once its peers are gone: wait for them, then close it.
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def launch_processes(main_func: Callable, num_gpus_per_machine: int, **kwargs) -> None:
+    """detectron2's ``launch(main_func, num_gpus_per_machine, **kwargs)``, whose processes close
+    their process group once ``main_func`` returned in all of them, so that none exits with a
+    live GLOO/NCCL group. ``main_func`` must be picklable (a module-level function)."""
+    launch(
+        functools.partial(_call_then_close_process_group, main_func),
+        num_gpus_per_machine,
+        **kwargs,
+    )
+
+
 def launch_main(main_func: Callable, args) -> None:
     """Runs ``main_func(args)`` in ``args.num_gpus`` processes per machine (detectron2's
     ``launch``; ``args`` from ``default_argument_parser``). The config is checked first, before
@@ -49,7 +72,7 @@ def launch_main(main_func: Callable, args) -> None:
         # With more than one process this one only waits for the training processes.
         spawns = args.num_gpus * args.num_machines > 1
         with forward_stop_signals() if spawns else contextlib.nullcontext([]) as stop_signals:
-            launch(
+            launch_processes(
                 main_func,
                 args.num_gpus,
                 num_machines=args.num_machines,

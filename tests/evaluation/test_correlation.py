@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from detectron2.data.datasets import register_coco_instances
-from detectron2.engine import launch
 from detectron2.structures import Boxes, Instances
 from scipy.stats import spearmanr
 
 import corrloss_d2  # noqa: F401
+from corrloss_d2.engine import launch_processes
 from corrloss_d2.evaluation import CorrelationEvaluator
 from corrloss_d2.evaluation.coco_ap import coco_box_ap, load_coco
 from corrloss_d2.evaluation.correlation import RESULTS_FILE, greedy_match
@@ -283,7 +283,7 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
     name = register(tmp_path, gt)
     one_process = evaluate(name, random_detections(0, gt))
     result_file = str(tmp_path / "two.json")
-    launch(_two_process_worker, 2, dist_url="auto", args=(str(tmp_path), gt, result_file))
+    launch_processes(_two_process_worker, 2, dist_url="auto", args=(str(tmp_path), gt, result_file))
     two_process = json.load(open(result_file))
     assert two_process == pytest.approx(one_process)
     assert -1 <= one_process["class_level_rho"] <= 1 and -1 <= one_process["image_level_rho"] <= 1

@@ -18,7 +18,6 @@ from cityscapesscripts.preparation.json2labelImg import json2labelImg
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.engine import launch
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.structures import Boxes, Instances
 from PIL import Image
@@ -28,6 +27,7 @@ from corrloss_d2 import add_corrloss_config
 from corrloss_d2.data import CITYSCAPES_DETECTION_SPLITS, register_cityscapes_detection
 from corrloss_d2.data.augmentation import build_train_augmentation
 from corrloss_d2.data.cityscapes import CITYSCAPES_THING_CLASSES, cityscapes_gt_file
+from corrloss_d2.engine import launch_processes
 from corrloss_d2.evaluation import (
     CityscapesInstanceLevelEvaluator,
     build_cityscapes_evaluator,
@@ -386,7 +386,7 @@ def two_process_worker(root, output_dir):
 
 @pytest.mark.slow
 def test_two_process_evaluation_gathers_every_image(cityscapes_root, tmp_path):
-    launch(two_process_worker, 2, dist_url="auto", args=(cityscapes_root, str(tmp_path)))
+    launch_processes(two_process_worker, 2, dist_url="auto", args=(cityscapes_root, str(tmp_path)))
     results = torch.load(tmp_path / "results.pt")
     assert results["bbox"]["AP"] == pytest.approx(100.0)
     assert results["cityscapes_official_boxmask"]["AP"] == pytest.approx(BOXMASK_AP)

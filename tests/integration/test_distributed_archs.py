@@ -1,4 +1,4 @@
-"""Every meta-architecture trained by two CPU processes through detectron2's ``launch`` (GLOO) and
+"""Every meta-architecture trained by two CPU processes through ``launch_processes`` (GLOO) and
 DDP, as ``train_net.py --num-gpus 2`` trains them: finite losses, identical parameters after the
 steps, loss normalisers averaged over the processes, and the logged ρ of the correlation term
 computed per process (the default) or over both processes' positives
@@ -14,10 +14,10 @@ import os
 import detectron2.engine.defaults as engine_defaults
 import pytest
 import torch
-from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
+from corrloss_d2.engine import launch_processes
 from corrloss_d2.engine.trainer import ddp_without_device_ids_for_cpu_models
 from corrloss_d2.losses import correlation_coefficients
 from corrloss_d2.modeling import ClassificationLoss, correlation_loss
@@ -132,7 +132,7 @@ def runs(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CUDA_VISIBLE_DEVICES", "")  # GLOO on the CPU even where GPUs exist
-        launch(
+        launch_processes(
             train_every_case,
             WORLD,
             dist_url=f"file://{out_dir / 'rendezvous'}",

@@ -28,7 +28,8 @@ TRAIN_AUGMENTATIONS = ("detectron2", "sparse_rcnn")
 
 
 def add_corrloss_config(cfg: CN) -> None:
-    """Adds MODEL.CORR_LOSS, MODEL.CLS_LOSS, MODEL.FCOS, MODEL.SPARSE_RCNN and the optimiser and
+    """Adds MODEL.CORR_LOSS, MODEL.CLS_LOSS, MODEL.FCOS, MODEL.ATSS, MODEL.SPARSE_RCNN and the
+    optimiser and
     augmentation choices (SOLVER.OPTIMIZER, SOLVER.BACKBONE_MULTIPLIER, INPUT.TRAIN_AUGMENTATION)
     and TEST.CORRELATION_EVAL to ``cfg`` in place (call before ``merge_from_file``). Idempotent."""
     if cfg.MODEL.get("CORR_LOSS") is not None:
@@ -45,7 +46,7 @@ def add_corrloss_config(cfg: CN) -> None:
     cfg.MODEL.CORR_LOSS.RANK_STRENGTH = 1.0
     # Samples one ρ is computed over: "batch" (all positives of the process), "level" (per FPN
     # level, averaged), "image" (per image, averaged) or "auto" (the paper's choice for the
-    # meta-architecture: RetinaNet "level", FCOS "batch").
+    # meta-architecture: RetinaNet "level", FCOS and ATSS "batch").
     cfg.MODEL.CORR_LOSS.GROUP_BY = "auto"
     # Groups with fewer positives than this are skipped (≥ 2: a correlation needs two samples).
     cfg.MODEL.CORR_LOSS.MIN_POSITIVES = 2
@@ -86,6 +87,38 @@ def add_corrloss_config(cfg: CN) -> None:
     cfg.MODEL.FCOS.SCORE_THRESH_TEST = 0.2
     cfg.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000
     cfg.MODEL.FCOS.NMS_THRESH_TEST = 0.6
+
+    # ATSS (Zhang et al. 2020) as released (mmdetection's atss_r50_fpn_1x_coco.py): one square
+    # anchor per location assigned by adaptive training sample selection, FCOS-style head.
+    cfg.MODEL.ATSS = CN()
+    cfg.MODEL.ATSS.NUM_CLASSES = 80
+    # Backbone features the head runs on (build_fcos_resnet_fpn_backbone gives p3..p7).
+    cfg.MODEL.ATSS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Convolutions in each of the classification and box towers.
+    cfg.MODEL.ATSS.NUM_CONVS = 4
+    # Normalisation in the towers: "GN" (released), "BN", "SyncBN" or "" for none.
+    cfg.MODEL.ATSS.HEAD_NORM = "GN"
+    # Initial foreground probability of the classification bias.
+    cfg.MODEL.ATSS.PRIOR_PROB = 0.01
+    cfg.MODEL.ATSS.FOCAL_LOSS_ALPHA = 0.25
+    cfg.MODEL.ATSS.FOCAL_LOSS_GAMMA = 2.0
+    # Anchor side in strides (released: octave_base_scale 8, one scale, aspect ratio 1). The
+    # anchor centres follow MODEL.ANCHOR_GENERATOR.OFFSET (0.0, as released).
+    cfg.MODEL.ATSS.ANCHOR_SCALE = 8.0
+    # Candidates per level and ground truth whose IoUs set its threshold (mean + std).
+    cfg.MODEL.ATSS.TOPK = 9
+    # Box deltas (dx, dy, dw, dh) scaled by these weights (released: stds 0.1, 0.1, 0.2, 0.2).
+    cfg.MODEL.ATSS.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+    # Weight of the GIoU loss on the decoded boxes (weighted by their centerness targets).
+    cfg.MODEL.ATSS.BOX_LOSS_WEIGHT = 2.0
+    # Weight of the centerness BCE; 0.0 leaves the branch untrained, as the released
+    # "no auxiliary head" experiment does.
+    cfg.MODEL.ATSS.CENTERNESS_LOSS_WEIGHT = 1.0
+    # Inference: score threshold (on class probability x centerness), candidates per level
+    # before NMS, NMS IoU threshold (released: 0.05, 1000, 0.6).
+    cfg.MODEL.ATSS.SCORE_THRESH_TEST = 0.05
+    cfg.MODEL.ATSS.TOPK_CANDIDATES_TEST = 1000
+    cfg.MODEL.ATSS.NMS_THRESH_TEST = 0.6
 
     # Sparse R-CNN (Sun et al. 2021): learnable proposals refined by NUM_STAGES dynamic heads,
     # Hungarian matching, NMS-free. RoIAlign uses MODEL.ROI_BOX_HEAD.POOLER_{RESOLUTION,
@@ -202,6 +235,7 @@ def validate_corrloss_config(cfg: CN) -> None:
         "a number > 0",
     )
     _check_choice("MODEL.FCOS.HEAD_NORM", fcos.HEAD_NORM, ("GN", "BN", "SyncBN", ""))
+    _validate_atss(cfg.MODEL.ATSS)
     _validate_sparse_rcnn(cfg.MODEL.SPARSE_RCNN)
     _check_choice("SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, OPTIMIZERS)
     _require(
@@ -232,6 +266,32 @@ def validate_corrloss_config(cfg: CN) -> None:
 def is_number(value) -> bool:
     """A finite int or float (not a bool, a string, NaN or infinity)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _validate_atss(atss) -> None:
+    for key in ("NUM_CLASSES", "NUM_CONVS", "TOPK"):
+        _require(
+            f"MODEL.ATSS.{key}",
+            atss[key],
+            isinstance(atss[key], int) and atss[key] >= 1,
+            "an integer >= 1",
+        )
+    _check_choice("MODEL.ATSS.HEAD_NORM", atss.HEAD_NORM, ("GN", "BN", "SyncBN", ""))
+    _require(
+        "MODEL.ATSS.ANCHOR_SCALE",
+        atss.ANCHOR_SCALE,
+        is_number(atss.ANCHOR_SCALE) and atss.ANCHOR_SCALE > 0,
+        "a number > 0",
+    )
+    for key in ("BOX_LOSS_WEIGHT", "CENTERNESS_LOSS_WEIGHT"):
+        _require(f"MODEL.ATSS.{key}", atss[key], is_number(atss[key]) and atss[key] >= 0, ">= 0")
+    _require(
+        "MODEL.ATSS.BBOX_REG_WEIGHTS",
+        atss.BBOX_REG_WEIGHTS,
+        len(atss.BBOX_REG_WEIGHTS) == 4
+        and all(is_number(w) and w > 0 for w in atss.BBOX_REG_WEIGHTS),
+        "four numbers > 0",
+    )
 
 
 def _validate_sparse_rcnn(sparse) -> None:

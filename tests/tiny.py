@@ -33,6 +33,7 @@ FAST = [
 BASES = {
     "CorrRetinaNet": "Base-CorrRetinaNet.yaml",
     "CorrFCOS": "Base-CorrFCOS.yaml",
+    "CorrATSS": "Base-CorrATSS.yaml",
     "CorrSparseRCNN": "Base-CorrSparseRCNN.yaml",
 }
 NUM_CLASSES = 3
@@ -46,6 +47,7 @@ HEAD_OPTS = {
         [[16], [32], [64], [128], [256]],
     ],
     "CorrFCOS": ["MODEL.FCOS.NUM_CLASSES", NUM_CLASSES, "MODEL.FCOS.NUM_CONVS", 1],
+    "CorrATSS": ["MODEL.ATSS.NUM_CLASSES", NUM_CLASSES, "MODEL.ATSS.NUM_CONVS", 1],
     # 2 stages, 20 proposals, 32-wide head; 20 proposals x 3 classes >= 50 detections.
     "CorrSparseRCNN": [
         "MODEL.SPARSE_RCNN.NUM_CLASSES",

@@ -1,16 +1,25 @@
 """corrloss_d2's models: the meta-architectures (registered with detectron2 on import), the loss
 modules they share, and the backbone builder detectron2's yaml registry lacks."""
 
+from .atss_assignment import atss_assignment
 from .backbone import build_fcos_resnet_fpn_backbone
 from .classification_loss import ClassificationLoss
 from .correlation_loss import CorrelationLoss, matched_box_iou
-from .meta_arch import CorrelationAwareDenseMixin, CorrFCOS, CorrRetinaNet, CorrSparseRCNN
+from .meta_arch import (
+    CorrATSS,
+    CorrelationAwareDenseMixin,
+    CorrFCOS,
+    CorrRetinaNet,
+    CorrSparseRCNN,
+)
 
 __all__ = [
+    "CorrATSS",
     "CorrFCOS",
     "CorrRetinaNet",
     "CorrSparseRCNN",
     "ClassificationLoss",
+    "atss_assignment",
     "CorrelationAwareDenseMixin",
     "CorrelationLoss",
     "build_fcos_resnet_fpn_backbone",

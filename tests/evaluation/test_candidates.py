@@ -1,4 +1,5 @@
-"""Pre-NMS candidates of CorrRetinaNet / CorrFCOS: only while recording, outputs unchanged."""
+"""Pre-NMS candidates of CorrRetinaNet / CorrFCOS / CorrATSS: only while recording, outputs
+unchanged."""
 
 import pytest
 import torch
@@ -7,7 +8,9 @@ from corrloss_d2.modeling import candidates as candidate_recording
 from tests.tiny import synthetic_batch, tiny_model
 
 
-@pytest.mark.parametrize("arch,node", [("CorrRetinaNet", "RETINANET"), ("CorrFCOS", "FCOS")])
+@pytest.mark.parametrize(
+    "arch,node", [("CorrRetinaNet", "RETINANET"), ("CorrFCOS", "FCOS"), ("CorrATSS", "ATSS")]
+)
 def test_candidates_only_while_recording_and_outputs_unchanged(arch, node):
     # An untrained model scores everything near its prior (0.01): threshold 0 keeps candidates.
     model = tiny_model(

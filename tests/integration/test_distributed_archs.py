@@ -32,6 +32,7 @@ IMAGES_PER_PROCESS = 2
 CASES = {
     "CorrRetinaNet": ["MODEL.CORR_LOSS.TYPE", "pearson"],  # one ρ per FPN level
     "CorrFCOS": ["MODEL.CORR_LOSS.TYPE", "concordance", "MODEL.CLS_LOSS.TYPE", "ia_bce"],
+    "CorrATSS": ["MODEL.CORR_LOSS.TYPE", "concordance"],
     "CorrSparseRCNN": [
         "MODEL.CORR_LOSS.TYPE",
         "spearman",
@@ -43,8 +44,9 @@ CASES = {
         2,
     ],
 }
-# detectron2's initial value of the dense detectors' EMA loss normaliser.
-EMA_INITIAL = {"CorrRetinaNet": 100, "CorrFCOS": 300}
+# The dense detectors' loss normaliser: (initial value, EMA momentum); detectron2's for RetinaNet
+# and FCOS, the iteration's own count for ATSS (as released).
+NORMALIZER_EMA = {"CorrRetinaNet": (100, 0.9), "CorrFCOS": (300, 0.9), "CorrATSS": (100, 0.0)}
 
 
 def rho_suffixes(arch):
@@ -186,14 +188,14 @@ def test_processes_stay_in_step(runs, arch, gather):
 @pytest.mark.parametrize("arch", list(CASES))
 def test_loss_normalisers_are_averaged_over_processes(runs, arch):
     ranks = runs[arch, False]
-    if arch in EMA_INITIAL:  # EMA of the positive count, each step's count averaged over processes
+    if arch in NORMALIZER_EMA:  # EMA of the positive count, each step's averaged over processes
         counts = [
             [seen["logged"]["num_pos_anchors"][s] * IMAGES_PER_PROCESS for s in range(STEPS)]
             for seen in ranks
         ]
-        expected, ema = [], EMA_INITIAL[arch]
+        expected, (ema, momentum) = [], NORMALIZER_EMA[arch]
         for step in range(STEPS):
-            ema = 0.9 * ema + 0.1 * max(sum(c[step] for c in counts) / WORLD, 1)
+            ema = momentum * ema + (1 - momentum) * max(sum(c[step] for c in counts) / WORLD, 1)
             expected.append(ema)
     else:  # ground-truth boxes averaged over processes
         counts = [seen["num_gt"] for seen in ranks]

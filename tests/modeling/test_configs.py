@@ -106,7 +106,12 @@ CITYSCAPES = [
     if stem(p).startswith("cityscapes_")
     or os.path.dirname(rel(p)) == os.path.join("configs", "Cityscapes")
 ]
-ARCHITECTURES = {"retinanet": "CorrRetinaNet", "fcos": "CorrFCOS", "sparse_rcnn": "CorrSparseRCNN"}
+ARCHITECTURES = {
+    "retinanet": "CorrRetinaNet",
+    "fcos": "CorrFCOS",
+    "atss": "CorrATSS",
+    "sparse_rcnn": "CorrSparseRCNN",
+}
 
 
 def test_every_recipe_has_one_home():

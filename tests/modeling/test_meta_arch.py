@@ -10,7 +10,7 @@ from detectron2.utils.events import EventStorage
 from corrloss_d2.modeling import CorrRetinaNet
 from tests.tiny import synthetic_batch, tiny_cfg, tiny_model
 
-ARCHS = ["CorrRetinaNet", "CorrFCOS"]
+ARCHS = ["CorrRetinaNet", "CorrFCOS", "CorrATSS"]
 
 
 def assert_same(ours, reference):
@@ -134,7 +134,9 @@ def test_training_reduces_the_loss(arch):
     assert sum(history[-5:]) / 5 < 0.7 * sum(history[:5]) / 5, history
 
 
-@pytest.mark.parametrize("arch,expected", [("CorrRetinaNet", "level"), ("CorrFCOS", "batch")])
+@pytest.mark.parametrize(
+    "arch,expected", [("CorrRetinaNet", "level"), ("CorrFCOS", "batch"), ("CorrATSS", "batch")]
+)
 def test_paper_grouping_by_default_and_overridable(arch, expected):
     assert tiny_model(arch).correlation_loss.group_by == expected
     assert (

@@ -12,7 +12,7 @@ from corrloss_d2.modeling import classification_loss as classification_loss_modu
 from corrloss_d2.modeling import correlation_loss as correlation_loss_module
 from tests.tiny import synthetic_batch, tiny_model
 
-ARCHS = ["CorrRetinaNet", "CorrFCOS", "CorrSparseRCNN"]
+ARCHS = ["CorrRetinaNet", "CorrFCOS", "CorrATSS", "CorrSparseRCNN"]
 
 
 @pytest.mark.parametrize(

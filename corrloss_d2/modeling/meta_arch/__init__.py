@@ -1,6 +1,7 @@
 """The meta-architectures corrloss_d2 registers with detectron2's META_ARCH_REGISTRY, one module
 per family (as detectron2's ``modeling/meta_arch``)."""
 
+from .atss import CorrATSS
 from .build import check_model_config
 from .dense import CorrelationAwareDenseMixin
 from .fcos import CorrFCOS
@@ -8,6 +9,7 @@ from .retinanet import CorrRetinaNet
 from .sparse_rcnn import CorrSparseRCNN
 
 __all__ = [
+    "CorrATSS",
     "CorrFCOS",
     "CorrRetinaNet",
     "CorrSparseRCNN",

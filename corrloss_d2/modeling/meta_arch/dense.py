@@ -1,5 +1,6 @@
-"""The base of the correlation-aware dense detectors (CorrRetinaNet, CorrFCOS): their losses
-over detectron2's assignment, and their pre-NMS candidates for the correlation evaluation."""
+"""The base of the correlation-aware dense detectors (CorrRetinaNet, CorrFCOS, CorrATSS): their
+losses over the detector's assignment, and their pre-NMS candidates for the correlation
+evaluation."""
 
 from typing import Dict, List, NamedTuple
 
@@ -48,8 +49,9 @@ class DenseLosses(NamedTuple):
 class CorrelationAwareDenseMixin:
     """Loss computation of a detectron2 DenseDetector with a configurable classification loss and
     a :class:`~corrloss_d2.modeling.CorrelationLoss`; put it before the detector class in the
-    bases. The detector provides ``num_classes``, ``box2box_transform`` and a ``from_config``,
-    and sets :attr:`LOSS_NORMALIZER_INITIAL`.
+    bases. The detector provides ``num_classes``, ``box2box_transform``, ``box_reg_loss_type``
+    (or its own :meth:`box_regression_loss`) and a ``from_config``, and sets
+    :attr:`LOSS_NORMALIZER_INITIAL`.
 
     The losses are divided by an EMA of the positive count (as detectron2's RetinaNet/FCOS do),
     kept in the buffer ``loss_normalizer`` so that the model's state dict, and so every
@@ -61,8 +63,10 @@ class CorrelationAwareDenseMixin:
 
     #: The loss normaliser's value before the first update (RetinaNet 100, FCOS 300).
     LOSS_NORMALIZER_INITIAL: float
-    #: EMA momentum of the loss normaliser (detectron2's).
+    #: EMA momentum of the loss normaliser (detectron2's; 0 divides by the iteration's count).
     LOSS_NORMALIZER_MOMENTUM = 0.9
+    #: Beta of a "smooth_l1" box loss (RetinaNet sets its own).
+    smooth_l1_beta = 0.0
 
     @configurable
     def __init__(
@@ -123,6 +127,30 @@ class CorrelationAwareDenseMixin:
         self.loss_normalizer.fill_(value)
         return value
 
+    def box_regression_loss(
+        self,
+        anchors: List[Boxes],
+        pred_anchor_deltas: List[torch.Tensor],
+        gt_boxes: List[torch.Tensor],
+        pos_mask: torch.Tensor,
+        normalizer: float,
+    ) -> torch.Tensor:
+        """detectron2's dense box loss of the positives (``self.box_reg_loss_type``, with
+        ``self.smooth_l1_beta`` for smooth L1) divided by ``normalizer``. Shapes as in
+        :meth:`positive_samples`."""
+        # Float32 deltas: under autocast fvcore's GIoU loss mixes dtypes and fails (detectron2's
+        # FCOS too); in float32 training .float() is the identity.
+        loss = _dense_box_regression_loss(
+            anchors,
+            self.box2box_transform,
+            [d.float() for d in pred_anchor_deltas],
+            gt_boxes,
+            pos_mask,
+            box_reg_loss_type=self.box_reg_loss_type,
+            smooth_l1_beta=self.smooth_l1_beta,
+        )
+        return loss / normalizer
+
     def positive_samples(
         self,
         anchors: List[Boxes],
@@ -168,13 +196,10 @@ class CorrelationAwareDenseMixin:
         gt_labels: List[torch.Tensor],
         pred_anchor_deltas: List[torch.Tensor],
         gt_boxes: List[torch.Tensor],
-        *,
-        box_reg_loss_type: str,
-        smooth_l1_beta: float = 0.0,
     ) -> DenseLosses:
-        """Classification, box regression and correlation terms, normalised like detectron2's
-        RetinaNet/FCOS (EMA of the positive count, see the class), the count averaged
-        over processes."""
+        """Classification, box regression (:meth:`box_regression_loss`) and correlation terms,
+        normalised like detectron2's RetinaNet/FCOS (EMA of the positive count, see the class),
+        the count averaged over processes."""
         num_images = len(gt_labels)
         gt_labels = torch.stack(gt_labels)  # (N, R)
         valid_mask = gt_labels >= 0
@@ -199,19 +224,8 @@ class CorrelationAwareDenseMixin:
         loss_cls = self.classification_loss(
             logits[valid_mask], gt_labels[valid_mask], ious, normalizer
         )
-        # Box losses from float32 deltas: under autocast fvcore's GIoU loss mixes dtypes and
-        # fails (detectron2's FCOS too); in float32 training .float() is the identity.
-        loss_box = (
-            _dense_box_regression_loss(
-                anchors,
-                self.box2box_transform,
-                [d.float() for d in pred_anchor_deltas],
-                gt_boxes,
-                pos_mask,
-                box_reg_loss_type=box_reg_loss_type,
-                smooth_l1_beta=smooth_l1_beta,
-            )
-            / normalizer
+        loss_box = self.box_regression_loss(
+            anchors, pred_anchor_deltas, gt_boxes, pos_mask, normalizer
         )
         corr = self.correlation_loss(
             positives.gt_class_logits,

@@ -26,6 +26,7 @@ class CorrFCOS(CorrelationAwareDenseMixin, FCOS):
 
     NUM_CLASSES_KEY = "MODEL.FCOS.NUM_CLASSES"
     LOSS_NORMALIZER_INITIAL = 300.0
+    box_reg_loss_type = "giou"  # FCOS's; detectron2's FCOS fixes it too
 
     @classmethod
     def from_config(cls, cfg):
@@ -66,9 +67,7 @@ class CorrFCOS(CorrelationAwareDenseMixin, FCOS):
         self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness
     ):
         """Same inputs as :meth:`FCOS.losses`; adds ``loss_corr`` when its weight is > 0."""
-        out = self.dense_losses(
-            anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, box_reg_loss_type="giou"
-        )
+        out = self.dense_losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
         ctrness_targets = self.compute_ctrness_targets(anchors, gt_boxes)  # (N, R)
         pred_centerness = torch.cat(pred_centerness, dim=1).squeeze(dim=2)  # (N, R)
         loss_ctr = F.binary_cross_entropy_with_logits(

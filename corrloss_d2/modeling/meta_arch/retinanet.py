@@ -35,13 +35,5 @@ class CorrRetinaNet(CorrelationAwareDenseMixin, RetinaNet):
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
         """Same inputs as :meth:`RetinaNet.losses`; adds ``loss_corr`` when its weight is > 0."""
-        out = self.dense_losses(
-            anchors,
-            pred_logits,
-            gt_labels,
-            pred_anchor_deltas,
-            gt_boxes,
-            box_reg_loss_type=self.box_reg_loss_type,
-            smooth_l1_beta=self.smooth_l1_beta,
-        )
+        out = self.dense_losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
         return {"loss_cls": out.cls, "loss_box_reg": out.box, **out.corr}

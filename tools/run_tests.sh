@@ -8,5 +8,7 @@ bash "$ROOT/tools/setup_env.sh"
 cd "$ROOT"
 WORKERS="${CORRLOSS_TEST_WORKERS:-$(nproc)}"
 [ "$WORKERS" -le 4 ] || WORKERS=4
-# One test at a time to each worker: the slow tests (sorted first) spread over all of them.
-exec "${CORRLOSS_VENV:-$ROOT/.venv}/bin/python" -m pytest -n "$WORKERS" --maxschedchunk 1 tests "$@"
+# loadgroup: tests go to the workers a few at a time (the slow ones, sorted first, spread over
+# all of them), except that a module marked xdist_group stays on one worker, so that its
+# expensive module fixture runs once.
+exec "${CORRLOSS_VENV:-$ROOT/.venv}/bin/python" -m pytest -n "$WORKERS" --dist loadgroup tests "$@"

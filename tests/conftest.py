@@ -31,6 +31,29 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
 
 
+# Modules whose tests share an expensive module-scoped fixture (trainings, a dataset written to
+# disk): one worker runs each whole, so that the fixture runs once.
+ONE_WORKER_MODULES = (
+    "tests/integration/test_demo.py",
+    "tests/integration/test_distributed_archs.py",
+    "tests/integration/test_cityscapes_eval.py",
+)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scope scheduling, a few tests at a time to each worker, with the modules of
+    ONE_WORKER_MODULES as single units (xdist's own ``--dist loadgroup`` marks tests by rewriting
+    a node id attribute that pytest 9 no longer has)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerModulesScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            module = nodeid.split("::")[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return OneWorkerModulesScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items):
     # The long tests (trainings, several processes) first, so that workers share them out and the
     # short ones fill the gaps, instead of one worker finishing the suite alone with a long test.

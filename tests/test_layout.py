@@ -3,6 +3,7 @@ checked on the source of every module (a lazy import inside a function counts to
 
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -54,3 +55,16 @@ def test_the_checker_sees_relative_and_lazy_imports(tmp_path, monkeypatch):
     source.write_text("def f():\n    from ..modeling import x\nfrom . import y\n")
     monkeypatch.setattr(f"{__name__}.PACKAGE", tmp_path / "corrloss_d2")
     assert list(imported_rooms(source)) == [("data", 3), ("modeling", 2)]
+
+
+def test_modules_with_a_module_fixture_run_on_one_worker():
+    # A module-scoped fixture runs once per worker that runs one of the module's tests.
+    from tests.conftest import ONE_WORKER_MODULES
+
+    repo = PACKAGE.parent
+    sharing = sorted(
+        str(path.relative_to(repo))
+        for path in (repo / "tests").rglob("test_*.py")
+        if re.search(r'^@pytest\.fixture\(scope="module"\)', path.read_text(), re.MULTILINE)
+    )
+    assert sharing and sorted(ONE_WORKER_MODULES) == sharing

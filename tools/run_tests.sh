@@ -8,7 +8,6 @@ bash "$ROOT/tools/setup_env.sh"
 cd "$ROOT"
 WORKERS="${CORRLOSS_TEST_WORKERS:-$(nproc)}"
 [ "$WORKERS" -le 4 ] || WORKERS=4
-# loadgroup: tests go to the workers a few at a time (the slow ones, sorted first, spread over
-# all of them), except that a module marked xdist_group stays on one worker, so that its
-# expensive module fixture runs once.
-exec "${CORRLOSS_VENV:-$ROOT/.venv}/bin/python" -m pytest -n "$WORKERS" --dist loadgroup tests "$@"
+# tests/conftest.py schedules the tests a few at a time to each worker (the slow ones, sorted
+# first, spread over all of them), the modules that share a module fixture each on one worker.
+exec "${CORRLOSS_VENV:-$ROOT/.venv}/bin/python" -m pytest -n "$WORKERS" tests "$@"

@@ -15,8 +15,7 @@ from corrloss_d2.data import synthetic
 from corrloss_d2.data.datasets import COCO_DATASETS_ENV
 from corrloss_d2.evaluation.report import MEASURES
 
-# One worker runs the module, so that its module fixture (the trainings) runs once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A briefly trained model scores near its prior (0.01): a low threshold and few candidates per

@@ -23,8 +23,7 @@ from corrloss_d2.losses import correlation_coefficients
 from corrloss_d2.modeling import ClassificationLoss, correlation_loss
 from tests.tiny import synthetic_batch, tiny_model
 
-# One worker runs the module, so that its module fixture (the trainings) runs once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed_archs")]
+pytestmark = pytest.mark.slow
 
 WORLD = 2
 STEPS = 2

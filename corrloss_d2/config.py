@@ -145,11 +145,15 @@ def add_corrloss_config(cfg: CN) -> None:
     cfg.MODEL.SPARSE_RCNN.NUM_REG_LAYERS = 3
     # Initial foreground probability of the classification bias.
     cfg.MODEL.SPARSE_RCNN.PRIOR_PROB = 0.01
-    # Weights of the focal class, L1 (image-normalised boxes) and GIoU terms, used alike in the
-    # Hungarian matching cost and in the loss.
+    # Loss weights of the classification, L1 (image-normalised boxes) and GIoU terms.
     cfg.MODEL.SPARSE_RCNN.CLASS_WEIGHT = 2.0
     cfg.MODEL.SPARSE_RCNN.L1_WEIGHT = 5.0
     cfg.MODEL.SPARSE_RCNN.GIOU_WEIGHT = 2.0
+    # Weights of the focal class, L1 and GIoU terms of the Hungarian matching cost (Sparse R-CNN
+    # uses the loss weights; Align-DETR's DINO matches with class weight 2 but weighs its loss 1).
+    cfg.MODEL.SPARSE_RCNN.COST_CLASS_WEIGHT = 2.0
+    cfg.MODEL.SPARSE_RCNN.COST_L1_WEIGHT = 5.0
+    cfg.MODEL.SPARSE_RCNN.COST_GIOU_WEIGHT = 2.0
     cfg.MODEL.SPARSE_RCNN.FOCAL_LOSS_ALPHA = 0.25
     cfg.MODEL.SPARSE_RCNN.FOCAL_LOSS_GAMMA = 2.0
     # Align-DETR's mixed matching: intermediate stages match each ground truth to k queries
@@ -320,7 +324,15 @@ def _validate_sparse_rcnn(sparse) -> None:
         sparse.HIDDEN_DIM % sparse.NUM_HEADS == 0,
         f"a divisor of MODEL.SPARSE_RCNN.HIDDEN_DIM = {sparse.HIDDEN_DIM}",
     )
-    for key in ("CLASS_WEIGHT", "L1_WEIGHT", "GIOU_WEIGHT", "PRIME_SAMPLE_TAU"):
+    for key in (
+        "CLASS_WEIGHT",
+        "L1_WEIGHT",
+        "GIOU_WEIGHT",
+        "COST_CLASS_WEIGHT",
+        "COST_L1_WEIGHT",
+        "COST_GIOU_WEIGHT",
+        "PRIME_SAMPLE_TAU",
+    ):
         value = sparse[key]
         _require(
             f"MODEL.SPARSE_RCNN.{key}", value, is_number(value) and value >= 0, "a number >= 0"

@@ -52,7 +52,8 @@ class SparseRCNNCriterion(nn.Module):
     """Per-stage Hungarian matching and losses of Sparse R-CNN with deep supervision:
     ``class_weight·cls + l1_weight·L1 + giou_weight·GIoU`` on every stage, each normalised by the
     number of ground-truth boxes averaged over processes (at least 1), plus the Correlation Loss
-    of each stage's matched queries.
+    of each stage's matched queries. The matching cost weighs the same terms with its own
+    ``cost_*_weight``.
 
     Mixed matching (``one_to_many_k`` > 0): every stage but the last matches each ground truth to
     k queries (capped at ⌊0.5·N / #gt⌋, at least 1); the last stage stays one-to-one. Prime-sample
@@ -70,6 +71,9 @@ class SparseRCNNCriterion(nn.Module):
         class_weight: float = 2.0,
         l1_weight: float = 5.0,
         giou_weight: float = 2.0,
+        cost_class_weight: float = 2.0,
+        cost_l1_weight: float = 5.0,
+        cost_giou_weight: float = 2.0,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         one_to_many_k: int = 0,
@@ -81,6 +85,11 @@ class SparseRCNNCriterion(nn.Module):
         self.classification_loss = classification_loss
         self.correlation_loss = correlation_loss
         self.loss_weights = {"cls": class_weight, "bbox": l1_weight, "giou": giou_weight}
+        self.cost_weights = {
+            "cls": cost_class_weight,
+            "bbox": cost_l1_weight,
+            "giou": cost_giou_weight,
+        }
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.one_to_many_k = one_to_many_k
         self.prime_sample_tau = prime_sample_tau
@@ -103,9 +112,9 @@ class SparseRCNNCriterion(nn.Module):
                 target.gt_classes,
                 target.gt_boxes.tensor,
                 whwh,
-                class_weight=self.loss_weights["cls"],
-                l1_weight=self.loss_weights["bbox"],
-                giou_weight=self.loss_weights["giou"],
+                class_weight=self.cost_weights["cls"],
+                l1_weight=self.cost_weights["bbox"],
+                giou_weight=self.cost_weights["giou"],
                 focal_alpha=self.focal_alpha,
                 focal_gamma=self.focal_gamma,
             )

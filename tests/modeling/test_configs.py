@@ -11,6 +11,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 from corrloss_d2 import add_corrloss_config, validate_corrloss_config
+from corrloss_d2.compiled_ops import MissingCompiledOpError, has_compiled_ops
 from tests.tiny import REPO, tiny_cfg
 
 
@@ -97,6 +98,7 @@ LOSS_KEYS = {
     "AlignDETR": (
         "MODEL.CLS_LOSS.",
         "MODEL.SPARSE_RCNN.ONE_TO_MANY_K",
+        "MODEL.SPARSE_RCNN.CLASS_WEIGHT",
         "MODEL.SPARSE_RCNN.PRIME_SAMPLE_TAU",
     ),
 }
@@ -188,17 +190,18 @@ def test_every_recipe_writes_to_its_own_output_dir():
 def test_file_name_states_architecture_depth_proposals_and_schedule(path):
     cfg = merged(path)
     name = stem(path).removeprefix("cityscapes_")
-    arch, depth = re.match(r"(.+?)_R_(\d+)_FPN", name).groups()
+    arch, family, depth, dcn = re.match(r"(.+?)_([RX])_(\d+)(_DCN)?_FPN", name).groups()
     assert ARCHITECTURES[arch] == cfg["MODEL.META_ARCHITECTURE"]
     assert int(depth) == cfg["MODEL.RESNETS.DEPTH"]
+    assert (family == "X") == (cfg["MODEL.RESNETS.NUM_GROUPS"] > 1)
+    assert bool(dcn) == any(cfg["MODEL.RESNETS.DEFORM_ON_PER_STAGE"])
     proposals = re.search(r"_(\d+)pro_", name)
     if proposals:
         assert int(proposals.group(1)) == cfg["MODEL.SPARSE_RCNN.NUM_PROPOSALS"]
     schedule = re.search(r"_(\d+)x(_|$)", name)
-    if schedule:  # 1x = 90k iterations at batch 16
-        assert cfg["SOLVER.MAX_ITER"] * cfg["SOLVER.IMS_PER_BATCH"] == 90000 * 16 * int(
-            schedule.group(1)
-        )
+    if schedule:  # 1x: detectron2's 90k iterations at batch 16, or 12 COCO epochs of 7,330
+        images = cfg["SOLVER.MAX_ITER"] * cfg["SOLVER.IMS_PER_BATCH"]
+        assert images in (90000 * 16 * int(schedule.group(1)), 87960 * 16 * int(schedule.group(1)))
     cityscapes = all(
         d.startswith("cityscapes") for d in cfg["DATASETS.TRAIN"] + cfg["DATASETS.TEST"]
     )
@@ -227,6 +230,13 @@ def test_file_name_states_the_losses(path):
         assert (int(mixed.group(1)) if mixed else 0) == k, f"{name}: ONE_TO_MANY_K = {k}"
         # prime-sample weights only act with mixed matching (one-to-one: every group has one query)
         assert ("_prime" in name) == (k > 0 and tau > 0), f"{name}: PRIME_SAMPLE_TAU = {tau}"
+
+
+@pytest.mark.parametrize("path", [p for p in NAMED_RECIPES if "sparse_rcnn" in stem(p)], ids=rel)
+def test_sparse_rcnn_recipes_keep_every_proposal_as_a_detection(path):
+    # The released Sparse R-CNN recipes evaluate max_per_img = num_proposals.
+    cfg = merged(path)
+    assert cfg["TEST.DETECTIONS_PER_IMAGE"] == cfg["MODEL.SPARSE_RCNN.NUM_PROPOSALS"]
 
 
 @pytest.mark.parametrize("path", PROJECT_RECIPES["CorrelationLoss"], ids=rel)
@@ -313,6 +323,10 @@ def test_every_yaml_merges_and_builds(path):
     # The Base files build with real weights on the CPU; the others on the meta device, which
     # builds the same modules from the same config without drawing initial weights (6x faster).
     cfg.MODEL.DEVICE = "cpu" if base else "meta"
+    if any(cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE) and not has_compiled_ops():
+        with pytest.raises(MissingCompiledOpError, match=r"MODEL.RESNETS.DEFORM_ON_PER_STAGE"):
+            build_model(cfg)
+        return
     with torch.device(cfg.MODEL.DEVICE):
         model = build_model(cfg)
     assert {p.device.type for p in model.parameters()} == {cfg.MODEL.DEVICE}
@@ -395,3 +409,124 @@ def test_add_corrloss_config_is_idempotent():
     cfg.MODEL.CORR_LOSS.WEIGHT = 0.3
     add_corrloss_config(cfg)
     assert cfg.MODEL.CORR_LOSS.WEIGHT == 0.3
+
+
+# The released values the recipes must state (the Correlation Loss code's configs/CorrLoss/*.py,
+# mmdetection's atss_r50_fpn_1x_coco.py, Align-DETR's aligndetr_r50.py; see the READMEs).
+TORCHVISION_INPUT = {
+    "INPUT.FORMAT": "RGB",
+    "MODEL.PIXEL_MEAN": [123.675, 116.28, 103.53],
+    "MODEL.PIXEL_STD": [58.395, 57.12, 57.375],
+    "MODEL.RESNETS.STRIDE_IN_1X1": False,
+    "MODEL.BACKBONE.FREEZE_AT": 2,
+}
+EPOCHS_12 = {"SOLVER.MAX_ITER": 87960, "SOLVER.STEPS": (58640, 80630)}
+EPOCHS_36 = {"SOLVER.MAX_ITER": 263880, "SOLVER.STEPS": (197910, 241890)}
+WARMUP_500 = {"SOLVER.WARMUP_ITERS": 500, "SOLVER.WARMUP_FACTOR": 0.001}
+SINGLE_SCALE = {"INPUT.MIN_SIZE_TRAIN": (800,), "INPUT.MAX_SIZE_TRAIN": 1333}
+SCALES_480_800 = tuple(range(480, 801, 32))
+SPARSE_1X = {
+    **TORCHVISION_INPUT,
+    **EPOCHS_12,
+    **WARMUP_500,
+    **SINGLE_SCALE,
+    "MODEL.SPARSE_RCNN.NUM_PROPOSALS": 100,
+    "TEST.DETECTIONS_PER_IMAGE": 100,
+    "SOLVER.BASE_LR": 2.5e-5,
+    "SOLVER.IMS_PER_BATCH": 16,
+    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": 1.0,
+    "MODEL.SPARSE_RCNN.CLASS_WEIGHT": 2.0,
+    "MODEL.SPARSE_RCNN.COST_CLASS_WEIGHT": 2.0,
+}
+SPARSE_3X = {
+    **TORCHVISION_INPUT,
+    **EPOCHS_36,
+    "INPUT.TRAIN_AUGMENTATION": "sparse_rcnn",
+    "INPUT.CROP.SIZE": [384, 600],
+    "MODEL.SPARSE_RCNN.NUM_PROPOSALS": 300,
+    "TEST.DETECTIONS_PER_IMAGE": 300,
+}
+DCN = {
+    "MODEL.RESNETS.DEFORM_ON_PER_STAGE": [False, True, True, True],
+    "MODEL.RESNETS.DEFORM_MODULATED": True,
+    "MODEL.RESNETS.DEFORM_NUM_GROUPS": 4,
+    "INPUT.MIN_SIZE_TRAIN": tuple(range(480, 961, 32)),
+}
+CORR = "projects/CorrelationLoss/configs/"
+RELEASED = {
+    "configs/COCO-Detection/sparse_rcnn_R_50_FPN_100pro_1x_baseline.yaml": SPARSE_1X,
+    CORR + "sparse_rcnn_R_50_FPN_100pro_1x_corr_spearman_0.2.yaml": SPARSE_1X,
+    CORR + "sparse_rcnn_R_50_FPN_300pro_3x_corr_concordance_0.3.yaml": {
+        **SPARSE_3X,
+        "INPUT.MIN_SIZE_TRAIN": SCALES_480_800,
+        "MODEL.CORR_LOSS.TYPE": "concordance",
+        "MODEL.CORR_LOSS.WEIGHT": 0.3,
+    },
+    CORR + "sparse_rcnn_R_50_FPN_300pro_3x_corr_spearman_0.2.yaml": {
+        **SPARSE_3X,
+        "INPUT.MIN_SIZE_TRAIN": SCALES_480_800,
+        "MODEL.CORR_LOSS.TYPE": "spearman",
+        "MODEL.CORR_LOSS.WEIGHT": 0.2,
+    },
+    CORR + "sparse_rcnn_R_101_DCN_FPN_300pro_3x_corr_spearman_0.2.yaml": {
+        **SPARSE_3X,
+        **DCN,
+        "MODEL.RESNETS.DEPTH": 101,
+        "MODEL.CORR_LOSS.TYPE": "spearman",
+        "MODEL.CORR_LOSS.WEIGHT": 0.2,
+    },
+    CORR + "sparse_rcnn_X_101_DCN_FPN_300pro_3x_corr_spearman_0.2.yaml": {
+        **SPARSE_3X,
+        **DCN,
+        "MODEL.RESNETS.DEPTH": 101,
+        "MODEL.RESNETS.NUM_GROUPS": 64,
+        "MODEL.RESNETS.WIDTH_PER_GROUP": 4,
+        "MODEL.CORR_LOSS.TYPE": "spearman",
+        "MODEL.CORR_LOSS.WEIGHT": 0.2,
+    },
+    "projects/AlignDETR/configs/sparse_rcnn_R_50_FPN_100pro_1x_ia_bce_mixed_k2_prime.yaml": {
+        "MODEL.SPARSE_RCNN.CLASS_WEIGHT": 1.0,
+        "MODEL.SPARSE_RCNN.L1_WEIGHT": 5.0,
+        "MODEL.SPARSE_RCNN.GIOU_WEIGHT": 2.0,
+        "MODEL.SPARSE_RCNN.COST_CLASS_WEIGHT": 2.0,
+        "MODEL.SPARSE_RCNN.COST_L1_WEIGHT": 5.0,
+        "MODEL.SPARSE_RCNN.COST_GIOU_WEIGHT": 2.0,
+    },
+    CORR + "atss_R_50_FPN_1x_corr_concordance_0.2.yaml": {
+        **TORCHVISION_INPUT,
+        **EPOCHS_12,
+        **WARMUP_500,
+        **SINGLE_SCALE,
+        "SOLVER.BASE_LR": 0.01,
+        "SOLVER.IMS_PER_BATCH": 16,
+        "SOLVER.WEIGHT_DECAY_NORM": 1e-4,
+        "SOLVER.CLIP_GRADIENTS.ENABLED": False,
+        "MODEL.ATSS.TOPK": 9,
+        "MODEL.ATSS.ANCHOR_SCALE": 8.0,
+        "MODEL.ANCHOR_GENERATOR.OFFSET": 0.0,
+        "MODEL.ATSS.BOX_LOSS_WEIGHT": 2.0,
+        "MODEL.ATSS.CENTERNESS_LOSS_WEIGHT": 1.0,
+        "MODEL.ATSS.NMS_THRESH_TEST": 0.6,
+        "MODEL.ATSS.SCORE_THRESH_TEST": 0.05,
+        "MODEL.CORR_LOSS.TYPE": "concordance",
+        "MODEL.CORR_LOSS.WEIGHT": 0.2,
+        "MODEL.CORR_LOSS.GROUP_BY": "batch",
+    },
+    CORR + "atss_R_50_FPN_1x_noauxhead_corr_concordance_0.3.yaml": {
+        "MODEL.ATSS.CENTERNESS_LOSS_WEIGHT": 0.0,
+        "MODEL.CORR_LOSS.TYPE": "concordance",
+        "MODEL.CORR_LOSS.WEIGHT": 0.3,
+    },
+}
+
+
+@pytest.mark.parametrize("path", sorted(RELEASED))
+def test_recipes_state_the_released_values(path):
+    cfg = merged(os.path.join(REPO, path))
+    wrong = {
+        key: (cfg[key], expected)
+        for key, expected in RELEASED[path].items()
+        if (list(cfg[key]) if isinstance(cfg[key], (list, tuple)) else cfg[key])
+        != (list(expected) if isinstance(expected, (list, tuple)) else pytest.approx(expected))
+    }
+    assert not wrong, f"{path}: (value, released value) {wrong}"

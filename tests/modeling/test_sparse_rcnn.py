@@ -116,6 +116,53 @@ def test_criterion_equals_hand_written_sparse_rcnn_losses_with_an_empty_image():
             )
 
 
+def test_loss_weights_and_matching_cost_weights_are_separate(monkeypatch):
+    """Align-DETR's weights: class loss 1, class cost 2. The cost weights alone set the matching
+    (the same as Sparse R-CNN's here), the loss weights alone scale the losses."""
+    outputs, targets, whwh = fixed_case()
+    seen_cost_weights = []
+    real_cost = sparse_rcnn_criterion.set_matching_cost
+
+    def cost_spy(*args, **kwargs):
+        seen_cost_weights.append(
+            (kwargs["class_weight"], kwargs["l1_weight"], kwargs["giou_weight"])
+        )
+        return real_cost(*args, **kwargs)
+
+    monkeypatch.setattr(sparse_rcnn_criterion, "set_matching_cost", cost_spy)
+    align = SparseRCNNCriterion(
+        num_classes=2,
+        classification_loss=ClassificationLoss(kind="focal"),
+        correlation_loss=CorrelationLoss(weight=0.0),
+        class_weight=1.0,
+        cost_class_weight=2.0,
+        cost_l1_weight=5.0,
+        cost_giou_weight=2.0,
+    )
+    with EventStorage():
+        aligned = align(outputs, targets, whwh)
+        sparse = make_criterion()(outputs, targets, whwh)
+    assert set(seen_cost_weights) == {(2.0, 5.0, 2.0)}
+    for stage in range(len(outputs)):
+        assert aligned[f"loss_cls_stage{stage}"].item() == pytest.approx(
+            sparse[f"loss_cls_stage{stage}"].item() / 2
+        )
+        for name in ("bbox", "giou"):
+            key = f"loss_{name}_stage{stage}"
+            assert aligned[key].item() == sparse[key].item()
+    seen_cost_weights.clear()
+    with EventStorage():
+        SparseRCNNCriterion(
+            num_classes=2,
+            classification_loss=ClassificationLoss(kind="focal"),
+            correlation_loss=CorrelationLoss(weight=0.0),
+            cost_class_weight=0.5,
+            cost_l1_weight=0.0,
+            cost_giou_weight=1.0,
+        )(outputs, targets, whwh)
+    assert set(seen_cost_weights) == {(0.5, 0.0, 1.0)}
+
+
 def test_correlation_term_is_added_per_stage_and_changes_nothing_else():
     outputs, targets, whwh = fixed_case()
     with EventStorage() as storage:

@@ -52,6 +52,11 @@ def add_corrloss_config(cfg: CN) -> None:
     cfg.MODEL.CORR_LOSS.MIN_POSITIVES = 2
     # Pool the positives of all processes before computing ρ (off in the paper: one ρ per GPU).
     cfg.MODEL.CORR_LOSS.GATHER_ACROSS_PROCESSES = False
+    # Images one ρ spans, whatever the number of processes (the released recipes: 4, one GPU's
+    # batch on 4 GPUs x 4 images). 0: each process's own batch. More than a process's images
+    # (SOLVER.IMS_PER_BATCH / processes): consecutive processes pool their positives; fewer: the
+    # process splits its batch into groups of consecutive images. GROUP_BY batch or level only.
+    cfg.MODEL.CORR_LOSS.IMAGES_PER_RHO = 0
 
     cfg.MODEL.CLS_LOSS = CN()
     # Classification loss: "focal" (the detector's own; alpha/gamma from MODEL.RETINANET or
@@ -219,6 +224,24 @@ def validate_corrloss_config(cfg: CN) -> None:
         corr.RANK_STRENGTH,
         is_number(corr.RANK_STRENGTH) and corr.RANK_STRENGTH > 0,
         "a number > 0",
+    )
+    _require(
+        "MODEL.CORR_LOSS.IMAGES_PER_RHO",
+        corr.IMAGES_PER_RHO,
+        isinstance(corr.IMAGES_PER_RHO, int) and corr.IMAGES_PER_RHO >= 0,
+        "an integer >= 0 (0: each process's own batch)",
+    )
+    _require(
+        "MODEL.CORR_LOSS.IMAGES_PER_RHO",
+        corr.IMAGES_PER_RHO,
+        corr.IMAGES_PER_RHO == 0 or not corr.GATHER_ACROSS_PROCESSES,
+        "0 when MODEL.CORR_LOSS.GATHER_ACROSS_PROCESSES is True (that pools every process)",
+    )
+    _require(
+        "MODEL.CORR_LOSS.IMAGES_PER_RHO",
+        corr.IMAGES_PER_RHO,
+        corr.IMAGES_PER_RHO == 0 or corr.GROUP_BY != "image",
+        "0 when MODEL.CORR_LOSS.GROUP_BY is 'image' (one ρ per image)",
     )
     _require(
         "MODEL.CORR_LOSS.MIN_POSITIVES",

@@ -98,6 +98,7 @@ def correlation_coefficients(
     strength: float = 1.0,
     min_samples: int = 2,
     gather_across_processes: bool = False,
+    process_group: Optional[object] = None,
     eps: float = 1e-10,
 ) -> GroupedCorrelation:
     """Correlation between scores and IoUs within each group.
@@ -115,8 +116,10 @@ def correlation_coefficients(
             inputs makes "spearman" identical to "pearson" (see :func:`soft_rank`); a strength well
             below ``2 / N`` gives a true rank correlation.
         min_samples: groups with fewer samples are not valid.
-        gather_across_processes: pool the samples of all processes (torch.distributed) before
-            computing rho; the gradient reaching local samples is exact under DDP averaging.
+        gather_across_processes: pool the samples of the processes of ``process_group``
+            (torch.distributed; all processes when it is None) before computing rho; the
+            gradient reaching local samples is exact under DDP averaging.
+        process_group: the group to pool with (this process belongs to it), or None.
         eps: groups whose score or IoU variance is at most ``eps`` are not valid (a constant
             carries no correlation and would divide by zero).
     Returns:
@@ -131,7 +134,7 @@ def correlation_coefficients(
         if single_group:
             groups = torch.zeros(x.shape, dtype=torch.int64, device=x.device)
         if gather_across_processes:
-            x, y, groups = gather_samples(x, y, groups)
+            x, y, groups = gather_samples(x, y, groups, group=process_group)
         if single_group:  # no counting pass over the samples: their number is the count
             index, num_groups = groups, 1
             num_samples = torch.full((1,), x.shape[0], dtype=torch.int64, device=x.device)
@@ -168,6 +171,7 @@ def correlation_loss(
     strength: float = 1.0,
     min_samples: int = 2,
     gather_across_processes: bool = False,
+    process_group: Optional[object] = None,
 ) -> torch.Tensor:
     """``1 - mean rho`` over the valid groups (see :func:`correlation_coefficients`).
 
@@ -185,4 +189,5 @@ def correlation_loss(
         strength=strength,
         min_samples=min_samples,
         gather_across_processes=gather_across_processes,
+        process_group=process_group,
     ).loss()

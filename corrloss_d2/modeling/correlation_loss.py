@@ -1,18 +1,20 @@
 """Correlation Loss as a module of a detector: the term ``λ·(1 − ρ)`` over the positives its
 assigner selected, with ρ logged to the event storage."""
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from detectron2.config import configurable
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..config import GROUPINGS
+from ..errors import ConfigError
 from ..losses import correlation_coefficients
 
-__all__ = ["CorrelationLoss", "matched_box_iou"]
+__all__ = ["CorrelationLoss", "matched_box_iou", "rho_span"]
 
 IOU_FLOOR = 1e-6  # the paper clamps IoUs here so that a missed box is still a valid sample
 
@@ -39,6 +41,43 @@ def matched_box_iou(pred_boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.T
     return iou.clamp(min=IOU_FLOOR, max=1.0)
 
 
+def rho_span(images_per_rho: int, images_per_batch: int, world_size: int) -> Tuple[int, int]:
+    """How one ρ spans ``images_per_rho`` images when ``world_size`` processes share batches of
+    ``images_per_batch``: ``(images per group within a process, processes pooled)``; (0, 1) is
+    each process's own batch. ConfigError when the numbers do not divide."""
+    if images_per_rho == 0:
+        return 0, 1
+    per_process = images_per_batch // world_size
+    if per_process == 0:
+        raise ConfigError(
+            f"cfg.SOLVER.IMS_PER_BATCH = {images_per_batch} gives no image to each of the "
+            f"{world_size} processes: make it a multiple of {world_size}"
+        )
+    if images_per_rho < per_process and per_process % images_per_rho == 0:
+        return images_per_rho, 1
+    if images_per_rho % per_process == 0 and world_size % (images_per_rho // per_process) == 0:
+        return 0, images_per_rho // per_process
+    raise ConfigError(
+        f"cfg.MODEL.CORR_LOSS.IMAGES_PER_RHO = {images_per_rho} does not fit "
+        f"SOLVER.IMS_PER_BATCH = {images_per_batch} over {world_size} processes "
+        f"({per_process} images each): it must divide {per_process}, or be {per_process} times "
+        f"a divisor of {world_size}; 0 gives each process's batch its own ρ"
+    )
+
+
+def _pooling_group(processes: int):
+    """This process's group among the blocks of ``processes`` consecutive ranks (every process
+    creates every group, as torch.distributed requires); None for one process."""
+    if processes == 1:
+        return None
+    mine = None
+    for start in range(0, comm.get_world_size(), processes):
+        group = dist.new_group(list(range(start, start + processes)))
+        if start <= comm.get_rank() < start + processes:
+            mine = group
+    return mine
+
+
 class CorrelationLoss(nn.Module):
     """Correlation Loss ``λ·(1 − ρ(s, u))`` over a detector's positives, with logging; a loss
     module built from MODEL.CORR_LOSS (the math is :func:`corrloss_d2.losses.correlation_loss`).
@@ -63,6 +102,8 @@ class CorrelationLoss(nn.Module):
         group_by: str = "batch",
         min_positives: int = 2,
         gather_across_processes: bool = False,
+        images_per_group: int = 0,
+        process_group: Optional[object] = None,
         loss_name: str = "loss_corr",
         metric_prefix: str = "corr/",
     ):
@@ -75,6 +116,10 @@ class CorrelationLoss(nn.Module):
                 into groups, each with its own ρ (averaged).
             min_positives: groups with fewer positives are skipped.
             gather_across_processes: pool positives of all processes first.
+            images_per_group: > 0: each ρ spans this many consecutive images of the process's
+                batch (``image_index // images_per_group``; "batch" and "level" grouping).
+            process_group: pool positives within this torch.distributed group first (built by
+                ``from_config`` from MODEL.CORR_LOSS.IMAGES_PER_RHO).
             loss_name, metric_prefix: names in the loss dict and the event storage (a detector
                 with several calls, e.g. one per stage, gives each its own).
         """
@@ -87,6 +132,8 @@ class CorrelationLoss(nn.Module):
         self.group_by = group_by
         self.min_positives = int(min_positives)
         self.gather_across_processes = bool(gather_across_processes)
+        self.images_per_group = int(images_per_group)
+        self.process_group = process_group
         self.loss_name = loss_name
         self.metric_prefix = metric_prefix
 
@@ -100,7 +147,12 @@ class CorrelationLoss(nn.Module):
         metric_prefix: str = "corr/",
     ):
         corr = cfg.MODEL.CORR_LOSS
+        images_per_group, processes = rho_span(
+            corr.IMAGES_PER_RHO, cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size()
+        )
         return {
+            "images_per_group": images_per_group,
+            "process_group": _pooling_group(processes),
             "weight": corr.WEIGHT,
             "kind": corr.TYPE,
             "rank_strength": corr.RANK_STRENGTH,
@@ -118,14 +170,21 @@ class CorrelationLoss(nn.Module):
         )
 
     def _group_ids(self, level_index, image_index) -> Optional[torch.Tensor]:
-        if self.group_by == "batch":
+        if self.group_by == "batch" and not self.images_per_group:
             return None
-        ids = level_index if self.group_by == "level" else image_index
-        if ids is None:
+        required = {"level": level_index} if self.group_by == "level" else {}
+        if self.group_by == "image" or self.images_per_group:
+            required["image"] = image_index
+        missing = [name for name, ids in required.items() if ids is None]
+        if missing:
             raise ValueError(
-                f"CorrelationLoss(group_by={self.group_by!r}) needs "
-                f"{self.group_by}_index from its caller"
+                f"CorrelationLoss(group_by={self.group_by!r}, images_per_group="
+                f"{self.images_per_group}) needs {missing[0]}_index from its caller"
             )
+        if self.images_per_group:
+            chunk = image_index // self.images_per_group
+            return chunk if self.group_by == "batch" else chunk * (1 << 16) + level_index
+        ids = level_index if self.group_by == "level" else image_index
         if self.group_by == "image" and self.gather_across_processes:
             ids = ids + (comm.get_rank() << 32)  # image ids are per process; keep them apart
         return ids
@@ -166,7 +225,9 @@ class CorrelationLoss(nn.Module):
                 groups=groups,
                 strength=self.rank_strength,
                 min_samples=self.min_positives,
-                gather_across_processes=self.gather_across_processes,
+                gather_across_processes=self.gather_across_processes
+                or self.process_group is not None,
+                process_group=self.process_group,
             )
             loss = corr.loss()
         if self.training:

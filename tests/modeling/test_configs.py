@@ -414,6 +414,7 @@ def test_add_corrloss_config_is_idempotent():
 # The released values the recipes must state (the Correlation Loss code's configs/CorrLoss/*.py,
 # mmdetection's atss_r50_fpn_1x_coco.py, Align-DETR's aligndetr_r50.py; see the READMEs).
 TORCHVISION_INPUT = {
+    "MODEL.CORR_LOSS.IMAGES_PER_RHO": 4,  # one GPU's 4 images in the released runs
     "INPUT.FORMAT": "RGB",
     "MODEL.PIXEL_MEAN": [123.675, 116.28, 103.53],
     "MODEL.PIXEL_STD": [58.395, 57.12, 57.375],
@@ -433,6 +434,7 @@ SPARSE_1X = {
     "MODEL.SPARSE_RCNN.NUM_PROPOSALS": 100,
     "TEST.DETECTIONS_PER_IMAGE": 100,
     "SOLVER.BASE_LR": 2.5e-5,
+    "SOLVER.WEIGHT_DECAY_NORM": 1e-4,
     "SOLVER.IMS_PER_BATCH": 16,
     "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": 1.0,
     "MODEL.SPARSE_RCNN.CLASS_WEIGHT": 2.0,

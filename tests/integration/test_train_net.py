@@ -1,5 +1,8 @@
-"""train_net.py itself on real data (raccoon): training lowers the loss, evaluation gives COCO
-box metrics, --eval-only gives the same AP, two processes train with DDP."""
+"""train_net.py itself on real data (raccoon): training lowers the loss (ATSS, whose normaliser
+needs no settling), evaluation gives COCO box metrics and the correlation measures, --eval-only
+gives the same AP, two processes train with DDP. (RetinaNet through train_net.py, with its
+evaluation: tests/integration/test_resume.py; each detector's loss going down in a few steps:
+tests/modeling/test_meta_arch.py.)"""
 
 import math
 import os
@@ -9,34 +12,6 @@ import pytest
 from tests.tiny import FAST, REPO, copypaste_box_ap
 
 pytestmark = pytest.mark.slow
-
-
-def test_retinanet_training_lowers_the_loss_and_evaluates(tmp_path, train_net, metrics):
-    """60 iterations lower RetinaNet's loss; the final evaluation gives COCO box metrics and ρ
-    is logged. (--eval-only and --resume of this config: tests/integration/test_resume.py.)"""
-    config = os.path.join(REPO, "configs", "CPU", "retinanet_R_18_FPN_raccoon_scratch.yaml")
-    out = str(tmp_path / "out")
-    # A low score threshold so that a briefly trained model still returns detections to score.
-    train_net(
-        "--config-file",
-        config,
-        "SOLVER.MAX_ITER",
-        "60",
-        *FAST,
-        "MODEL.RETINANET.SCORE_THRESH_TEST",
-        "0.01",
-        "SEED",
-        "0",
-        "OUTPUT_DIR",
-        out,
-        cwd=tmp_path,
-    )
-    records = metrics(out)
-    losses = [r["total_loss"] for r in records if "total_loss" in r]
-    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
-    assert losses[-1] < 0.8 * losses[0], losses
-    assert all("corr/rho" in r for r in records if "total_loss" in r)
-    assert all(math.isfinite(records[-1][k]) for k in ["bbox/AP", "bbox/AP50", "bbox/AP75"])
 
 
 # FCOS's loss normaliser is an EMA of the positive count that starts at 300 (RetinaNet: 100), so

@@ -11,6 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "corrloss_d2"
 # room -> rooms of the package it must not import
 FORBIDDEN = {
     "losses": {"config", "data", "modeling", "evaluation", "engine", "solver"},
+    "layers": {"config", "data", "modeling", "evaluation", "engine", "solver", "losses"},
     "data": {"modeling", "evaluation", "engine"},
     "modeling": {"data", "evaluation", "engine"},
     "evaluation": {"engine"},

@@ -72,7 +72,7 @@ HEAD_OPTS = {
 
 def tiny_cfg(arch: str, *opts):
     """ResNet-18/GN from scratch, 32-channel FPN, 1-conv (or 2-stage, 32-wide) heads, 3 classes,
-    on the CPU."""
+    on the CPU; one ρ per process's batch, whatever size a test gives it."""
     cfg = get_cfg()
     add_corrloss_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs", BASES[arch]))
@@ -80,6 +80,8 @@ def tiny_cfg(arch: str, *opts):
         [
             "MODEL.DEVICE",
             "cpu",
+            "MODEL.CORR_LOSS.IMAGES_PER_RHO",
+            0,
             "MODEL.RESNETS.DEPTH",
             18,
             "MODEL.RESNETS.RES2_OUT_CHANNELS",

@@ -93,13 +93,14 @@ def reference_stage_losses(output, gt, whwh):
     }, best
 
 
-def make_criterion(weight=0.0, kind="pearson", cls="focal", k=0, tau=0.0):
+def make_criterion(weight=0.0, kind="pearson", cls="focal", k=0, tau=0.0, **loss_and_cost_weights):
     return SparseRCNNCriterion(
         num_classes=2,
         classification_loss=ClassificationLoss(kind=cls),
         correlation_loss=CorrelationLoss(weight=weight, kind=kind),
         one_to_many_k=k,
         prime_sample_tau=tau,
+        **loss_and_cost_weights,
     )
 
 
@@ -130,14 +131,8 @@ def test_loss_weights_and_matching_cost_weights_are_separate(monkeypatch):
         return real_cost(*args, **kwargs)
 
     monkeypatch.setattr(sparse_rcnn_criterion, "set_matching_cost", cost_spy)
-    align = SparseRCNNCriterion(
-        num_classes=2,
-        classification_loss=ClassificationLoss(kind="focal"),
-        correlation_loss=CorrelationLoss(weight=0.0),
-        class_weight=1.0,
-        cost_class_weight=2.0,
-        cost_l1_weight=5.0,
-        cost_giou_weight=2.0,
+    align = make_criterion(
+        class_weight=1.0, cost_class_weight=2.0, cost_l1_weight=5.0, cost_giou_weight=2.0
     )
     with EventStorage():
         aligned = align(outputs, targets, whwh)
@@ -152,14 +147,9 @@ def test_loss_weights_and_matching_cost_weights_are_separate(monkeypatch):
             assert aligned[key].item() == sparse[key].item()
     seen_cost_weights.clear()
     with EventStorage():
-        SparseRCNNCriterion(
-            num_classes=2,
-            classification_loss=ClassificationLoss(kind="focal"),
-            correlation_loss=CorrelationLoss(weight=0.0),
-            cost_class_weight=0.5,
-            cost_l1_weight=0.0,
-            cost_giou_weight=1.0,
-        )(outputs, targets, whwh)
+        make_criterion(cost_class_weight=0.5, cost_l1_weight=0.0, cost_giou_weight=1.0)(
+            outputs, targets, whwh
+        )
     assert set(seen_cost_weights) == {(0.5, 0.0, 1.0)}
 
 

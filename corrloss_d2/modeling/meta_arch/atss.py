@@ -7,7 +7,7 @@ from typing import List
 import torch
 from detectron2.config import configurable
 from detectron2.layers import cat
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
@@ -18,11 +18,9 @@ from torch.nn import functional as F
 
 from ...losses import mean_over_processes
 from ..atss_assignment import atss_assignment
-from ..backbone import backbone_feature_shapes
-from ..classification_loss import ClassificationLoss
-from ..correlation_loss import CorrelationLoss
 from .build import check_model_config
 from .dense import CorrelationAwareDenseMixin
+from .fcos import fcos_family_arguments
 
 __all__ = ["CorrATSS", "ATSSHead", "anchor_centerness"]
 
@@ -117,40 +115,14 @@ class CorrATSS(CorrelationAwareDenseMixin, FCOS):
     def from_config(cls, cfg):
         check_model_config(cfg)
         atss = cfg.MODEL.ATSS
-        backbone = build_backbone(cfg)
-        feature_shapes = backbone_feature_shapes(
-            backbone, atss.IN_FEATURES, "MODEL.ATSS.IN_FEATURES"
-        )
-        head = ATSSHead(
-            input_shape=feature_shapes,
-            conv_dims=[feature_shapes[0].channels] * atss.NUM_CONVS,
-            num_classes=atss.NUM_CLASSES,
-            norm=atss.HEAD_NORM,
-            prior_prob=atss.PRIOR_PROB,
-        )
         return {
-            "backbone": backbone,
-            "head": head,
-            "head_in_features": atss.IN_FEATURES,
+            **fcos_family_arguments(cfg, "ATSS", ATSSHead),
             "box2box_transform": Box2BoxTransform(weights=atss.BBOX_REG_WEIGHTS),
-            "num_classes": atss.NUM_CLASSES,
-            "focal_loss_alpha": atss.FOCAL_LOSS_ALPHA,
-            "focal_loss_gamma": atss.FOCAL_LOSS_GAMMA,
-            "test_score_thresh": atss.SCORE_THRESH_TEST,
-            "test_topk_candidates": atss.TOPK_CANDIDATES_TEST,
-            "test_nms_thresh": atss.NMS_THRESH_TEST,
-            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
             "anchor_scale": atss.ANCHOR_SCALE,
             "anchor_offset": cfg.MODEL.ANCHOR_GENERATOR.OFFSET,
             "topk": atss.TOPK,
             "box_loss_weight": atss.BOX_LOSS_WEIGHT,
             "centerness_loss_weight": atss.CENTERNESS_LOSS_WEIGHT,
-            "classification_loss": ClassificationLoss(
-                cfg, focal_alpha=atss.FOCAL_LOSS_ALPHA, focal_gamma=atss.FOCAL_LOSS_GAMMA
-            ),
-            "correlation_loss": CorrelationLoss(cfg, default_group_by="batch"),
         }
 
     @torch.no_grad()

@@ -1,6 +1,8 @@
 """CorrFCOS: detectron2's FCOS, configurable from yaml (MODEL.FCOS), with MODEL.CLS_LOSS and
 Correlation Loss."""
 
+from typing import Any, Dict, Type
+
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
@@ -12,7 +14,45 @@ from ..correlation_loss import CorrelationLoss
 from .build import check_model_config
 from .dense import CorrelationAwareDenseMixin
 
-__all__ = ["CorrFCOS"]
+__all__ = ["CorrFCOS", "fcos_family_arguments"]
+
+
+def fcos_family_arguments(cfg, node_name: str, head_class: Type[FCOSHead]) -> Dict[str, Any]:
+    """The constructor arguments that the FCOS-style detectors (one location per anchor point,
+    classification and box towers, centerness; CorrFCOS, CorrATSS) read alike from
+    ``cfg.MODEL.<node_name>``: backbone, head (``head_class``), classes, focal α/γ, test
+    thresholds, pixel statistics, and the classification and correlation losses (one ρ over the
+    batch, the paper's choice for these heads)."""
+    node = cfg.MODEL[node_name]
+    backbone = build_backbone(cfg)
+    feature_shapes = backbone_feature_shapes(
+        backbone, node.IN_FEATURES, f"MODEL.{node_name}.IN_FEATURES"
+    )
+    head = head_class(
+        input_shape=feature_shapes,
+        conv_dims=[feature_shapes[0].channels] * node.NUM_CONVS,
+        num_classes=node.NUM_CLASSES,
+        norm=node.HEAD_NORM,
+        prior_prob=node.PRIOR_PROB,
+    )
+    return {
+        "backbone": backbone,
+        "head": head,
+        "head_in_features": node.IN_FEATURES,
+        "num_classes": node.NUM_CLASSES,
+        "focal_loss_alpha": node.FOCAL_LOSS_ALPHA,
+        "focal_loss_gamma": node.FOCAL_LOSS_GAMMA,
+        "test_score_thresh": node.SCORE_THRESH_TEST,
+        "test_topk_candidates": node.TOPK_CANDIDATES_TEST,
+        "test_nms_thresh": node.NMS_THRESH_TEST,
+        "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+        "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+        "pixel_std": cfg.MODEL.PIXEL_STD,
+        "classification_loss": ClassificationLoss(
+            cfg, focal_alpha=node.FOCAL_LOSS_ALPHA, focal_gamma=node.FOCAL_LOSS_GAMMA
+        ),
+        "correlation_loss": CorrelationLoss(cfg, default_group_by="batch"),
+    }
 
 
 @META_ARCH_REGISTRY.register()
@@ -31,36 +71,9 @@ class CorrFCOS(CorrelationAwareDenseMixin, FCOS):
     @classmethod
     def from_config(cls, cfg):
         check_model_config(cfg)
-        fcos = cfg.MODEL.FCOS
-        backbone = build_backbone(cfg)
-        feature_shapes = backbone_feature_shapes(
-            backbone, fcos.IN_FEATURES, "MODEL.FCOS.IN_FEATURES"
-        )
-        head = FCOSHead(
-            input_shape=feature_shapes,
-            conv_dims=[feature_shapes[0].channels] * fcos.NUM_CONVS,
-            num_classes=fcos.NUM_CLASSES,
-            norm=fcos.HEAD_NORM,
-            prior_prob=fcos.PRIOR_PROB,
-        )
         return {
-            "backbone": backbone,
-            "head": head,
-            "head_in_features": fcos.IN_FEATURES,
-            "num_classes": fcos.NUM_CLASSES,
-            "center_sampling_radius": fcos.CENTER_SAMPLING_RADIUS,
-            "focal_loss_alpha": fcos.FOCAL_LOSS_ALPHA,
-            "focal_loss_gamma": fcos.FOCAL_LOSS_GAMMA,
-            "test_score_thresh": fcos.SCORE_THRESH_TEST,
-            "test_topk_candidates": fcos.TOPK_CANDIDATES_TEST,
-            "test_nms_thresh": fcos.NMS_THRESH_TEST,
-            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "classification_loss": ClassificationLoss(
-                cfg, focal_alpha=fcos.FOCAL_LOSS_ALPHA, focal_gamma=fcos.FOCAL_LOSS_GAMMA
-            ),
-            "correlation_loss": CorrelationLoss(cfg, default_group_by="batch"),
+            **fcos_family_arguments(cfg, "FCOS", FCOSHead),
+            "center_sampling_radius": cfg.MODEL.FCOS.CENTER_SAMPLING_RADIUS,
         }
 
     def losses(

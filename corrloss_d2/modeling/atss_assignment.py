@@ -1,28 +1,18 @@
 """Adaptive training sample selection (ATSS; Zhang et al., "Bridging the Gap Between
 Anchor-based and Anchor-free Detection via Adaptive Training Sample Selection", CVPR 2020): the
-assignment of anchors to ground truths. Plain torch on tensors: calling it needs no detectron2."""
+assignment of anchors to ground truths. Plain torch (and torchvision's box IoU) on tensors:
+calling it needs no detectron2."""
 
 from typing import Sequence
 
 import torch
+from torchvision.ops import box_iou
 
-__all__ = ["atss_assignment", "pairwise_box_iou"]
+__all__ = ["atss_assignment"]
 
 # An anchor centre counts as inside a box when it is more than this far from every side (as in
 # the released ATSS assigner), so a centre on the border is outside.
 INSIDE_MARGIN = 0.01
-
-
-def pairwise_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """IoU of every box of ``boxes1`` (A, 4) with every box of ``boxes2`` (G, 4), both XYXY:
-    (A, G). Empty boxes have IoU 0 with everything."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0]).clamp(min=0) * (boxes1[:, 3] - boxes1[:, 1]).clamp(min=0)
-    area2 = (boxes2[:, 2] - boxes2[:, 0]).clamp(min=0) * (boxes2[:, 3] - boxes2[:, 1]).clamp(min=0)
-    top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    intersection = (bottom_right - top_left).clamp(min=0).prod(dim=2)
-    union = area1[:, None] + area2[None, :] - intersection
-    return torch.where(union > 0, intersection / union.clamp(min=1e-12), torch.zeros_like(union))
 
 
 @torch.no_grad()
@@ -70,7 +60,7 @@ def atss_assignment(
     # Double precision, whatever the boxes' dtype (float16 under AMP): the IoU statistics and
     # the comparisons with the thresholds do not depend on it.
     anchors, gt_boxes = anchors.double(), gt_boxes.to(anchors.device).double()
-    ious = pairwise_box_iou(anchors, gt_boxes)  # (A, G)
+    ious = box_iou(anchors, gt_boxes)  # (A, G)
     anchor_centers = (anchors[:, :2] + anchors[:, 2:]) / 2
     gt_centers = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
     # Explicit differences, not torch.cdist (whose matrix-product form rounds differently).

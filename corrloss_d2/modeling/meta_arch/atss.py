@@ -6,7 +6,6 @@ from typing import List
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.box_regression import Box2BoxTransform
@@ -144,17 +143,17 @@ class CorrATSS(CorrelationAwareDenseMixin, FCOS):
             matched_gt_boxes.append(matched_boxes)
         return gt_labels, matched_gt_boxes
 
-    def box_regression_loss(self, anchors, pred_anchor_deltas, gt_boxes, pos_mask, normalizer):
+    def box_regression_loss(
+        self, anchors, pred_anchor_deltas, gt_boxes, pos_mask, normalizer, positives
+    ):
         """GIoU of the positives' decoded boxes, each weighted by its centerness target, divided
         by the sum of those targets averaged over processes (at least 1), times the weight."""
-        image_index, anchor_index = pos_mask.nonzero(as_tuple=True)
-        positive_anchors = Boxes.cat(anchors).tensor[anchor_index]
-        deltas = cat([d.float() for d in pred_anchor_deltas], dim=1)[image_index, anchor_index]
-        pred_boxes = self.box2box_transform.apply_deltas(deltas, positive_anchors)
-        targets = torch.stack(gt_boxes)[image_index, anchor_index]
-        weights = anchor_centerness(positive_anchors, targets)
+        pred_boxes = self.box2box_transform.apply_deltas(
+            positives.pred_deltas.float(), positives.anchor_boxes
+        )
+        weights = anchor_centerness(positives.anchor_boxes, positives.gt_boxes)
         box_normalizer = max(mean_over_processes(weights.sum().item(), pos_mask.device), 1.0)
-        loss = (giou_loss(pred_boxes, targets, reduction="none") * weights).sum()
+        loss = (giou_loss(pred_boxes, positives.gt_boxes, reduction="none") * weights).sum()
         return self.box_loss_weight * loss / box_normalizer
 
     def losses(
@@ -162,10 +161,7 @@ class CorrATSS(CorrelationAwareDenseMixin, FCOS):
     ):
         """Same inputs as :meth:`FCOS.losses`; ``loss_corr`` added when its weight is > 0."""
         out = self.dense_losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
-        _, anchor_index = out.pos_mask.nonzero(as_tuple=True)
-        targets = anchor_centerness(
-            Boxes.cat(anchors).tensor[anchor_index], torch.stack(gt_boxes)[out.pos_mask]
-        )
+        targets = anchor_centerness(out.positives.anchor_boxes, out.positives.gt_boxes)
         pred_centerness = torch.cat(pred_centerness, dim=1).squeeze(dim=2)  # (N, R)
         loss_ctr = F.binary_cross_entropy_with_logits(
             pred_centerness[out.pos_mask].float(), targets, reduction="sum"

@@ -24,6 +24,8 @@ class DensePositives(NamedTuple):
     """The positives of a batch, P of them, in (image, anchor) row-major order.
 
     gt_class_logits: (P,) logit of the assigned ground-truth class (carries gradient).
+    pred_deltas: (P, 4) predicted box deltas (carry gradient).
+    anchor_boxes: (P, 4) the positives' anchors, XYXY.
     pred_boxes: (P, 4) decoded predicted boxes, XYXY, detached.
     gt_boxes: (P, 4) assigned ground-truth boxes.
     ious: (P,) IoU of pred_boxes with gt_boxes, detached, in [1e-6, 1].
@@ -31,6 +33,8 @@ class DensePositives(NamedTuple):
     """
 
     gt_class_logits: torch.Tensor
+    pred_deltas: torch.Tensor
+    anchor_boxes: torch.Tensor
     pred_boxes: torch.Tensor
     gt_boxes: torch.Tensor
     ious: torch.Tensor
@@ -44,6 +48,7 @@ class DenseLosses(NamedTuple):
     corr: Dict[str, torch.Tensor]
     pos_mask: torch.Tensor
     normalizer: float
+    positives: DensePositives
 
 
 class CorrelationAwareDenseMixin:
@@ -134,10 +139,12 @@ class CorrelationAwareDenseMixin:
         gt_boxes: List[torch.Tensor],
         pos_mask: torch.Tensor,
         normalizer: float,
+        positives: DensePositives,
     ) -> torch.Tensor:
         """detectron2's dense box loss of the positives (``self.box_reg_loss_type``, with
         ``self.smooth_l1_beta`` for smooth L1) divided by ``normalizer``. Shapes as in
-        :meth:`positive_samples`."""
+        :meth:`positive_samples`; ``positives`` (gathered already) serve a detector's own box
+        loss."""
         # Float32 deltas: under autocast fvcore's GIoU loss mixes dtypes and fails (detectron2's
         # FCOS too); in float32 training .float() is the identity.
         loss = _dense_box_regression_loss(
@@ -174,14 +181,16 @@ class CorrelationAwareDenseMixin:
         level_of_anchor = torch.repeat_interleave(
             torch.arange(len(anchors), device=logits.device), level_sizes
         )
+        deltas = cat(pred_anchor_deltas, dim=1)[image_index, anchor_index]
         with torch.no_grad():
-            deltas = cat(pred_anchor_deltas, dim=1)[image_index, anchor_index]
             anchor_boxes = Boxes.cat(anchors).tensor[anchor_index]
             pred_boxes = self.box2box_transform.apply_deltas(deltas.float(), anchor_boxes)
             matched_gt = torch.stack(gt_boxes)[image_index, anchor_index]
             ious = matched_box_iou(pred_boxes, matched_gt)
         return DensePositives(
             gt_class_logits,
+            deltas,
+            anchor_boxes,
             pred_boxes,
             matched_gt,
             ious,
@@ -225,7 +234,7 @@ class CorrelationAwareDenseMixin:
             logits[valid_mask], gt_labels[valid_mask], ious, normalizer
         )
         loss_box = self.box_regression_loss(
-            anchors, pred_anchor_deltas, gt_boxes, pos_mask, normalizer
+            anchors, pred_anchor_deltas, gt_boxes, pos_mask, normalizer, positives
         )
         corr = self.correlation_loss(
             positives.gt_class_logits,
@@ -235,4 +244,4 @@ class CorrelationAwareDenseMixin:
             image_index=positives.image_index,
             ious=positives.ious,
         )
-        return DenseLosses(loss_cls, loss_box, corr, pos_mask, normalizer)
+        return DenseLosses(loss_cls, loss_box, corr, pos_mask, normalizer, positives)

@@ -4,11 +4,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from corrloss_d2.losses import CORRELATION_KINDS, correlation_coefficients, correlation_loss
-
-
-def ccc_closed_form(s: np.ndarray, u: np.ndarray) -> float:
-    cov = np.mean((s - s.mean()) * (u - u.mean()))
-    return 2 * cov / (s.var() + u.var() + (s.mean() - u.mean()) ** 2)
+from tests.references import reference_concordance
 
 
 def sample(n, seed=0, dtype=torch.float64):
@@ -26,7 +22,7 @@ def test_values_against_scipy_and_closed_form(n):
     strength = min(gap, gap_u) / 2  # below every gap: exact ranks
     expected = {
         "pearson": 1 - pearsonr(s.numpy(), u.numpy()).statistic,
-        "concordance": 1 - ccc_closed_form(s.numpy(), u.numpy()),
+        "concordance": 1 - reference_concordance(s.numpy(), u.numpy()),
         "spearman": 1 - spearmanr(s.numpy(), u.numpy()).statistic,
     }
     for kind in CORRELATION_KINDS:
@@ -49,7 +45,9 @@ def test_perfect_and_anti_correlation(kind):
     assert correlation_loss(u.clone(), u, kind, strength=strength).item() == pytest.approx(
         0, abs=1e-12
     )
-    expected_anti = 2.0 if kind != "concordance" else 1 - ccc_closed_form(1 - u.numpy(), u.numpy())
+    expected_anti = (
+        2.0 if kind != "concordance" else 1 - reference_concordance(1 - u.numpy(), u.numpy())
+    )
     loss = correlation_loss(1 - u, u, kind, strength=strength)
     assert loss.item() == pytest.approx(expected_anti, abs=1e-12)
     if kind != "concordance":  # any increasing map is perfect for Pearson ranks / Spearman
@@ -109,7 +107,7 @@ def test_two_samples_are_enough_and_infinite_logits_are_finite(kind):
     assert loss.item() == pytest.approx(
         0.0
         if kind != "concordance"
-        else 1 - ccc_closed_form(np.array([0.2, 0.8]), np.array([0.3, 0.6])),
+        else 1 - reference_concordance(np.array([0.2, 0.8]), np.array([0.3, 0.6])),
         abs=1e-6,
     )
     logits = torch.tensor([float("inf"), float("-inf"), 0.0, 2.0], requires_grad=True)

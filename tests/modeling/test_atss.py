@@ -10,19 +10,8 @@ from detectron2.utils.events import EventStorage
 
 from corrloss_d2.modeling import atss_assignment
 from corrloss_d2.modeling.meta_arch import atss as atss_module
+from tests.references import reference_giou, reference_iou
 from tests.tiny import synthetic_batch, tiny_model
-
-
-def reference_iou(a, b):
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    intersection = width * height
-    union = (
-        max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
-        + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
-        - intersection
-    )
-    return intersection / union if union > 0 else 0.0
 
 
 def center(box):
@@ -174,16 +163,7 @@ def reference_losses(model, batch):
             ha * torch.exp((d[:, 3] / 5).clamp(max=clamp)),
         )
         pred = torch.stack([x - w / 2, y - h / 2, x + w / 2, y + h / 2], dim=1)
-        inter = (
-            (torch.minimum(pred[:, 2:], t[:, 2:]) - torch.maximum(pred[:, :2], t[:, :2]))
-            .clamp(min=0)
-            .prod(dim=1)
-        )
-        union = (pred[:, 2:] - pred[:, :2]).prod(dim=1) + (t[:, 2:] - t[:, :2]).prod(dim=1) - inter
-        hull = (torch.maximum(pred[:, 2:], t[:, 2:]) - torch.minimum(pred[:, :2], t[:, :2])).prod(
-            dim=1
-        )
-        giou = inter / union - (hull - union) / hull
+        giou = torch.tensor([reference_giou(p, g) for p, g in zip(pred.tolist(), t.tolist())])
         l_, t_ = xa - t[:, 0], ya - t[:, 1]
         r_, b_ = t[:, 2] - xa, t[:, 3] - ya
         ctr_target = torch.sqrt(

@@ -13,6 +13,7 @@ from corrloss_d2.engine import launch_processes
 from corrloss_d2.errors import ConfigError
 from corrloss_d2.modeling import CorrelationLoss
 from corrloss_d2.modeling.correlation_loss import rho_span
+from tests.references import reference_concordance
 from tests.tiny import REPO
 
 CONFIG = os.path.join(REPO, "configs", "Base-CorrFCOS.yaml")  # concordance over the batch
@@ -56,12 +57,6 @@ def samples(seed, num_images=4, per_image=5):
     return torch.logit(scores), ious, image_index
 
 
-def concordance(scores, ious):
-    s, u = np.asarray(scores, np.float64), np.asarray(ious, np.float64)
-    covariance = ((s - s.mean()) * (u - u.mean())).mean()
-    return 2 * covariance / (s.var() + u.var() + (s.mean() - u.mean()) ** 2)
-
-
 def boxes_with_ious(ious):
     """Predicted and ground-truth boxes whose IoUs are ``ious``: [0, 10u] x [0, 10] inside the
     ground truth [0, 10] x [0, 10]."""
@@ -78,7 +73,10 @@ def test_a_process_splits_its_batch_into_groups_of_images():
     with EventStorage() as storage:
         value = loss(logits, pred, gt, image_index=image_index)["loss_corr"]
     scores = torch.sigmoid(logits)
-    rhos = [concordance(scores[:10], ious[:10]), concordance(scores[10:], ious[10:])]
+    rhos = [
+        reference_concordance(scores[:10], ious[:10]),
+        reference_concordance(scores[10:], ious[10:]),
+    ]
     assert rhos[0] != pytest.approx(rhos[1])
     assert value.item() == pytest.approx(1 - np.mean(rhos), rel=1e-6)
     assert storage.latest()["corr/valid_groups"][0] == 2
@@ -108,8 +106,8 @@ def test_two_processes_pool_when_one_rho_spans_both_their_batches(tmp_path):
     launch_processes(_two_process_worker, 2, dist_url="auto", args=(str(tmp_path),))
     logged = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
     per_process = [samples(rank, num_images=2) for rank in range(2)]
-    own = [concordance(torch.sigmoid(logits), ious) for logits, ious, _ in per_process]
-    pooled = concordance(
+    own = [reference_concordance(torch.sigmoid(logits), ious) for logits, ious, _ in per_process]
+    pooled = reference_concordance(
         torch.sigmoid(torch.cat([p[0] for p in per_process])),
         torch.cat([p[1] for p in per_process]),
     )

@@ -14,10 +14,17 @@ from .iou_aware import (
     quality_focal_loss,
     varifocal_loss,
 )
-from .set_matching import capped_matches_per_target, one_to_k_assignment, set_matching_cost
+from .set_matching import (
+    BOX_L1_FORMATS,
+    capped_matches_per_target,
+    normalized_box_coordinates,
+    one_to_k_assignment,
+    set_matching_cost,
+)
 from .soft_rank import SOFT_RANK_BACKENDS, grouped_soft_rank, soft_rank
 
 __all__ = [
+    "BOX_L1_FORMATS",
     "CORRELATION_KINDS",
     "GroupedCorrelation",
     "SOFT_RANK_BACKENDS",
@@ -28,6 +35,7 @@ __all__ = [
     "grouped_soft_rank",
     "ia_bce_loss",
     "mean_over_processes",
+    "normalized_box_coordinates",
     "one_to_k_assignment",
     "prime_sample_weights",
     "quality_focal_loss",

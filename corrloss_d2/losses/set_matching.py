@@ -12,7 +12,30 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import generalized_box_iou
 
-__all__ = ["set_matching_cost", "capped_matches_per_target", "one_to_k_assignment"]
+__all__ = [
+    "BOX_L1_FORMATS",
+    "normalized_box_coordinates",
+    "set_matching_cost",
+    "capped_matches_per_target",
+    "one_to_k_assignment",
+]
+
+# Coordinates the L1 box cost and loss compare: Sparse R-CNN's corners, DETR's centre and size.
+BOX_L1_FORMATS = ("xyxy", "cxcywh")
+
+
+def normalized_box_coordinates(
+    boxes: torch.Tensor, image_whwh: torch.Tensor, box_format: str = "xyxy"
+) -> torch.Tensor:
+    """(..., 4) XYXY pixel boxes divided by the image size (``image_whwh`` broadcast against
+    them), as corners (``"xyxy"``) or as centre and size (``"cxcywh"``)."""
+    if box_format not in BOX_L1_FORMATS:
+        raise ValueError(f"box_format must be one of {BOX_L1_FORMATS}, got {box_format!r}")
+    normalized = boxes / image_whwh
+    if box_format == "xyxy":
+        return normalized
+    top_left, bottom_right = normalized.split(2, dim=-1)
+    return torch.cat([(top_left + bottom_right) / 2, bottom_right - top_left], dim=-1)
 
 
 def set_matching_cost(
@@ -27,11 +50,14 @@ def set_matching_cost(
     giou_weight: float = 2.0,
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
+    l1_box_format: str = "xyxy",
 ) -> torch.Tensor:
-    """Sparse R-CNN's matching cost ``class_weight·focal + l1_weight·L1 − giou_weight·GIoU``.
+    """The matching cost ``class_weight·focal + l1_weight·L1 − giou_weight·GIoU`` of Sparse R-CNN
+    and the DETR family.
 
     The focal class cost is the focal loss of predicting the ground truth's class minus that of
-    not predicting it; L1 is taken on boxes divided by the image size.
+    not predicting it; L1 is taken on boxes divided by the image size, as corners
+    (``l1_box_format`` "xyxy", Sparse R-CNN) or as centre and size ("cxcywh", DETR).
 
     Args:
         logits: (Q, K) class logits. pred_boxes: (Q, 4). gt_classes: (G,) int64 in [0, K).
@@ -47,7 +73,11 @@ def set_matching_cost(
     negative = (1 - focal_alpha) * probs.pow(focal_gamma) * F.softplus(logits)
     class_cost = (positive - negative)[:, gt_classes]
     scale = image_whwh.to(dtype)
-    l1_cost = torch.cdist(pred_boxes / scale, gt_boxes / scale, p=1)
+    l1_cost = torch.cdist(
+        normalized_box_coordinates(pred_boxes, scale, l1_box_format),
+        normalized_box_coordinates(gt_boxes, scale, l1_box_format),
+        p=1,
+    )
     giou = generalized_box_iou(pred_boxes, gt_boxes)
     return class_weight * class_cost + l1_weight * l1_cost - giou_weight * giou
 

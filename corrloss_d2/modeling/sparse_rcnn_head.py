@@ -7,24 +7,17 @@ Boxes are XYXY in the pixels of the (resized) input image unless a name says oth
 """
 
 import math
-from typing import NamedTuple, Tuple
+from typing import Tuple
 
 import torch
 from detectron2.modeling.box_regression import Box2BoxTransform
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["StageOutput", "DynamicInstanceInteraction", "SparseRCNNStage", "BOX_DELTA_WEIGHTS"]
+__all__ = ["DynamicInstanceInteraction", "SparseRCNNStage", "BOX_DELTA_WEIGHTS"]
 
 # Sparse R-CNN decodes box deltas with these weights (dx, dy, dw, dh).
 BOX_DELTA_WEIGHTS = (2.0, 2.0, 1.0, 1.0)
-
-
-class StageOutput(NamedTuple):
-    """One refinement stage's predictions: logits (B, N, K), boxes (B, N, 4)."""
-
-    logits: torch.Tensor
-    boxes: torch.Tensor
 
 
 def _linear_norm_relu_layers(width: int, count: int) -> nn.Sequential:

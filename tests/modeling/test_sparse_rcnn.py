@@ -12,9 +12,9 @@ import torchvision
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from corrloss_d2.modeling import ClassificationLoss, CorrelationLoss, sparse_rcnn_criterion
-from corrloss_d2.modeling.sparse_rcnn_criterion import SparseRCNNCriterion
-from corrloss_d2.modeling.sparse_rcnn_head import StageOutput
+from corrloss_d2.modeling import ClassificationLoss, CorrelationLoss, set_criterion
+from corrloss_d2.modeling.set_criterion import SetCriterion
+from corrloss_d2.modeling.set_prediction import SetPrediction
 from tests.references import reference_giou
 from tests.tiny import synthetic_batch, tiny_model
 
@@ -54,7 +54,7 @@ def fixed_case(num_queries=4, num_classes=2, seed=0):
         xy = torch.rand(2, num_queries, 2, generator=gen, dtype=torch.float64) * 50
         wh = 10 + torch.rand(2, num_queries, 2, generator=gen, dtype=torch.float64) * 40
         outputs.append(
-            StageOutput(logits.requires_grad_(), torch.cat([xy, xy + wh], -1).requires_grad_())
+            SetPrediction(logits.requires_grad_(), torch.cat([xy, xy + wh], -1).requires_grad_())
         )
     whwh = torch.tensor([[100.0, 80, 100, 80]] * 2)
     return outputs, [gt, empty], whwh
@@ -94,7 +94,7 @@ def reference_stage_losses(output, gt, whwh):
 
 
 def make_criterion(weight=0.0, kind="pearson", cls="focal", k=0, tau=0.0, **loss_and_cost_weights):
-    return SparseRCNNCriterion(
+    return SetCriterion(
         num_classes=2,
         classification_loss=ClassificationLoss(kind=cls),
         correlation_loss=CorrelationLoss(weight=weight, kind=kind),
@@ -122,7 +122,7 @@ def test_loss_weights_and_matching_cost_weights_are_separate(monkeypatch):
     (the same as Sparse R-CNN's here), the loss weights alone scale the losses."""
     outputs, targets, whwh = fixed_case()
     seen_cost_weights = []
-    real_cost = sparse_rcnn_criterion.set_matching_cost
+    real_cost = set_criterion.set_matching_cost
 
     def cost_spy(*args, **kwargs):
         seen_cost_weights.append(
@@ -130,7 +130,7 @@ def test_loss_weights_and_matching_cost_weights_are_separate(monkeypatch):
         )
         return real_cost(*args, **kwargs)
 
-    monkeypatch.setattr(sparse_rcnn_criterion, "set_matching_cost", cost_spy)
+    monkeypatch.setattr(set_criterion, "set_matching_cost", cost_spy)
     align = make_criterion(
         class_weight=1.0, cost_class_weight=2.0, cost_l1_weight=5.0, cost_giou_weight=2.0
     )
@@ -225,13 +225,13 @@ def test_one_to_many_k_is_capped_by_the_number_of_ground_truths():
 
 def spy_on_matching(monkeypatch):
     calls = []
-    real = sparse_rcnn_criterion.one_to_k_assignment
+    real = set_criterion.one_to_k_assignment
 
     def spy(cost, k):
         calls.append(k)
         return real(cost, k)
 
-    monkeypatch.setattr(sparse_rcnn_criterion, "one_to_k_assignment", spy)
+    monkeypatch.setattr(set_criterion, "one_to_k_assignment", spy)
     return calls
 
 

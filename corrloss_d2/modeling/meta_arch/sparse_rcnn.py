@@ -1,6 +1,6 @@
 """CorrSparseRCNN: Sparse R-CNN (Sun et al., CVPR 2021), NMS-free, with Correlation Loss on every
 stage and Align-DETR's IA-BCE, mixed matching and prime-sample weights
-(:mod:`corrloss_d2.modeling.sparse_rcnn_criterion`).
+(:mod:`corrloss_d2.modeling.set_criterion`).
 
 Conventions: B images, N learnable proposals, K classes, S RoIAlign resolution, d hidden width.
 Boxes are XYXY in the pixels of the (resized) input image unless a name says otherwise.
@@ -13,15 +13,16 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import Boxes, ImageList
 from torch import nn
 
 from ...errors import ConfigError
 from ..backbone import backbone_feature_shapes
 from ..classification_loss import ClassificationLoss
 from ..correlation_loss import CorrelationLoss
-from ..sparse_rcnn_criterion import SparseRCNNCriterion
-from ..sparse_rcnn_head import BOX_DELTA_WEIGHTS, SparseRCNNStage, StageOutput
+from ..set_criterion import SetCriterion
+from ..set_prediction import SetPrediction, top_k_detections
+from ..sparse_rcnn_head import BOX_DELTA_WEIGHTS, SparseRCNNStage
 from .build import check_model_config
 
 __all__ = ["CorrSparseRCNN"]
@@ -32,7 +33,7 @@ class CorrSparseRCNN(nn.Module):
     """Sparse R-CNN: N learnable proposal boxes (normalised cxcywh, initialised to the whole
     image) and features refined by ``len(stages)`` heads on RoIAlign features of FPN P2–P5; the
     last stage's top-k (proposal, class) pairs are the detections, no NMS. Trained with
-    :class:`SparseRCNNCriterion` (MODEL.SPARSE_RCNN, MODEL.CLS_LOSS, MODEL.CORR_LOSS; the paper
+    :class:`SetCriterion` (MODEL.SPARSE_RCNN, MODEL.CLS_LOSS, MODEL.CORR_LOSS; the paper
     puts λ·(1 − ρ) with one ρ over the batch's matched queries on every stage).
 
     Input/output: detectron2's list-of-dicts format; in inference each image gets exactly
@@ -50,7 +51,7 @@ class CorrSparseRCNN(nn.Module):
         in_features: List[str],
         pooler: ROIPooler,
         stages: List[SparseRCNNStage],
-        criterion: SparseRCNNCriterion,
+        criterion: SetCriterion,
         num_proposals: int,
         hidden_dim: int,
         max_detections_per_image: int,
@@ -126,7 +127,7 @@ class CorrSparseRCNN(nn.Module):
             )
             for _ in range(sparse.NUM_STAGES)
         ]
-        criterion = SparseRCNNCriterion(
+        criterion = SetCriterion(
             num_classes=sparse.NUM_CLASSES,
             classification_loss=ClassificationLoss(
                 cfg, focal_alpha=sparse.FOCAL_LOSS_ALPHA, focal_gamma=sparse.FOCAL_LOSS_GAMMA
@@ -143,6 +144,8 @@ class CorrSparseRCNN(nn.Module):
             one_to_many_k=sparse.ONE_TO_MANY_K,
             prime_sample_tau=sparse.PRIME_SAMPLE_TAU,
             quality_alpha=cfg.MODEL.CLS_LOSS.IA_BCE_ALPHA,
+            divergence_hint="Lower SOLVER.BASE_LR (Sparse R-CNN: 2.5e-5 at batch 16, scaled "
+            "with the batch) or keep SOLVER.CLIP_GRADIENTS enabled.",
         )
         return {
             "backbone": backbone,
@@ -184,7 +187,9 @@ class CorrSparseRCNN(nn.Module):
         if self.training:
             targets = [x["instances"].to(self.device) for x in batched_inputs]
             return self.criterion(outputs, targets, image_whwh)
-        return self.inference(outputs[-1], images.image_sizes, batched_inputs)
+        return top_k_detections(
+            outputs[-1], images.image_sizes, batched_inputs, self.max_detections_per_image
+        )
 
     def initial_boxes(self, image_whwh: torch.Tensor) -> torch.Tensor:
         """(B, N, 4) the learnable proposals, normalised cxcywh, in each image's pixels."""
@@ -192,7 +197,7 @@ class CorrSparseRCNN(nn.Module):
         normalized = torch.cat([center - size / 2, center + size / 2], dim=1)
         return normalized[None] * image_whwh[:, None]
 
-    def refine(self, features: List[torch.Tensor], image_whwh: torch.Tensor) -> List[StageOutput]:
+    def refine(self, features: List[torch.Tensor], image_whwh: torch.Tensor) -> List[SetPrediction]:
         """Runs every stage; each stage's boxes feed the next, detached."""
         boxes = self.initial_boxes(image_whwh)
         proposal_features = self.proposal_features.weight[None].expand(len(image_whwh), -1, -1)
@@ -200,30 +205,6 @@ class CorrSparseRCNN(nn.Module):
         for stage in self.stages:
             roi_features = self.pooler(features, [Boxes(b.detach()) for b in boxes])
             logits, refined, proposal_features = stage(roi_features, proposal_features, boxes)
-            outputs.append(StageOutput(logits, refined))
+            outputs.append(SetPrediction(logits, refined))
             boxes = refined.detach()
         return outputs
-
-    def inference(
-        self, output: StageOutput, image_sizes: List[Tuple[int, int]], batched_inputs: List[Dict]
-    ) -> List[Dict[str, Instances]]:
-        """Top-k (proposal, class) pairs of the last stage by sigmoid score, no NMS; boxes clipped
-        to the input image and scaled to the requested output size (``height``/``width``)."""
-        num_classes = output.logits.shape[-1]
-        scores = torch.sigmoid(output.logits.float()).flatten(1)  # (B, N·K)
-        k = min(self.max_detections_per_image, scores.shape[1])
-        top_scores, top_index = scores.topk(k, dim=1)
-        results = []
-        for i, (size, inputs) in enumerate(zip(image_sizes, batched_inputs)):
-            boxes = Boxes(output.boxes[i, top_index[i] // num_classes].float())
-            boxes.clip(size)
-            height, width = inputs.get("height", size[0]), inputs.get("width", size[1])
-            boxes.scale(width / size[1], height / size[0])
-            instances = Instances(
-                (height, width),
-                pred_boxes=boxes,
-                scores=top_scores[i],
-                pred_classes=top_index[i] % num_classes,
-            )
-            results.append({"instances": instances})
-        return results

@@ -1,12 +1,13 @@
-"""Sparse R-CNN's training losses (Sun et al., CVPR 2021) with Correlation Loss on every stage
-(Kahraman et al., AAAI 2023) and Align-DETR's IA-BCE, mixed matching and prime-sample weights
-(Cai et al., 2023).
+"""The set-prediction losses of the query-based detectors — Sparse R-CNN (Sun et al., CVPR 2021)
+and the DETR family (DINO, Zhang et al., ICLR 2023) — with Correlation Loss on every stage or
+decoder layer (Kahraman et al., AAAI 2023) and Align-DETR's IA-BCE, mixed matching and
+prime-sample weights (Cai et al., 2023).
 
-Conventions: B images, N learnable proposals, K classes, S RoIAlign resolution, d hidden width.
-Boxes are XYXY in the pixels of the (resized) input image unless a name says otherwise.
+Conventions: B images, N queries (proposals), K classes. Boxes are XYXY in the pixels of the
+(resized) input image unless a name says otherwise.
 """
 
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from detectron2.structures import Instances
@@ -18,15 +19,16 @@ from ..losses import (
     alignment_quality,
     capped_matches_per_target,
     mean_over_processes,
+    normalized_box_coordinates,
     one_to_k_assignment,
     prime_sample_weights,
     set_matching_cost,
 )
 from .classification_loss import ClassificationLoss
 from .correlation_loss import CorrelationLoss, matched_box_iou
-from .sparse_rcnn_head import StageOutput
+from .set_prediction import SetPrediction
 
-__all__ = ["BatchTargets", "SparseRCNNCriterion"]
+__all__ = ["BatchTargets", "SetCriterion"]
 
 
 class BatchTargets(NamedTuple):
@@ -48,12 +50,13 @@ class BatchTargets(NamedTuple):
         )
 
 
-class SparseRCNNCriterion(nn.Module):
-    """Per-stage Hungarian matching and losses of Sparse R-CNN with deep supervision:
-    ``class_weight·cls + l1_weight·L1 + giou_weight·GIoU`` on every stage, each normalised by the
-    number of ground-truth boxes averaged over processes (at least 1), plus the Correlation Loss
-    of each stage's matched queries. The matching cost weighs the same terms with its own
-    ``cost_*_weight``.
+class SetCriterion(nn.Module):
+    """Hungarian matching and losses of a query-based detector with deep supervision:
+    ``class_weight·cls + l1_weight·L1 + giou_weight·GIoU`` on every stage (decoder layer), each
+    normalised by the number of ground-truth boxes averaged over processes (at least 1), plus the
+    Correlation Loss of each stage's matched queries. The matching cost weighs the same terms
+    with its own ``cost_*_weight``. L1 compares boxes divided by the image size, as corners
+    (``l1_box_format`` "xyxy": Sparse R-CNN) or as centre and size ("cxcywh": DETR).
 
     Mixed matching (``one_to_many_k`` > 0): every stage but the last matches each ground truth to
     k queries (capped at ⌊0.5·N / #gt⌋, at least 1); the last stage stays one-to-one. Prime-sample
@@ -79,7 +82,14 @@ class SparseRCNNCriterion(nn.Module):
         one_to_many_k: int = 0,
         prime_sample_tau: float = 0.0,
         quality_alpha: float = 0.25,
+        l1_box_format: str = "xyxy",
+        divergence_hint: str = "Lower SOLVER.BASE_LR or keep SOLVER.CLIP_GRADIENTS enabled.",
     ):
+        """
+        Args:
+            divergence_hint: the advice that ends the error raised when a stage's predictions
+                are no longer finite (see :meth:`check_diverged`).
+        """
         super().__init__()
         self.num_classes = num_classes
         self.classification_loss = classification_loss
@@ -94,6 +104,8 @@ class SparseRCNNCriterion(nn.Module):
         self.one_to_many_k = one_to_many_k
         self.prime_sample_tau = prime_sample_tau
         self.quality_alpha = quality_alpha
+        self.l1_box_format = l1_box_format
+        self.divergence_hint = divergence_hint
 
     def matches_per_target(self, stage: int, num_stages: int) -> int:
         """k of the stage before capping: 1 on the last stage or without mixed matching."""
@@ -101,7 +113,7 @@ class SparseRCNNCriterion(nn.Module):
 
     @torch.no_grad()
     def match(
-        self, output: StageOutput, targets: List[Instances], image_whwh: torch.Tensor, k: int
+        self, output: SetPrediction, targets: List[Instances], image_whwh: torch.Tensor, k: int
     ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """Per image, ``(query_index, gt_index)`` (M_b,) int64 pairs of a one-to-k assignment."""
         matches = []
@@ -117,41 +129,59 @@ class SparseRCNNCriterion(nn.Module):
                 giou_weight=self.cost_weights["giou"],
                 focal_alpha=self.focal_alpha,
                 focal_gamma=self.focal_gamma,
+                l1_box_format=self.l1_box_format,
             )
             capped = capped_matches_per_target(k, logits.shape[0], len(target))
             matches.append(one_to_k_assignment(cost, capped))
         return matches
 
     def forward(
-        self, outputs: List[StageOutput], targets: List[Instances], image_whwh: torch.Tensor
+        self,
+        outputs: List[SetPrediction],
+        targets: List[Instances],
+        image_whwh: torch.Tensor,
+        *,
+        suffixes: Optional[Sequence[str]] = None,
+        correlated: Optional[Sequence[bool]] = None,
     ) -> Dict[str, torch.Tensor]:
         """
         Args:
-            outputs: per stage, logits (B, N, K) and boxes (B, N, 4).
+            outputs: per stage, logits (B, N, K) and boxes (B, N, 4); the last is one-to-one.
             targets: per image, Instances with gt_boxes and gt_classes (0..K-1).
             image_whwh: (B, 4) width, height, width, height of each input image.
+            suffixes: the name of each stage's losses and metrics (default ``_stage{i}``).
+            correlated: whether each stage gets the Correlation Loss (default: all).
         Returns:
-            ``loss_{cls,bbox,giou}_stage{i}`` and, when its weight is > 0, ``loss_corr_stage{i}``.
+            ``loss_{cls,bbox,giou}{suffix}`` and, when its weight is > 0, ``loss_corr{suffix}``.
         """
+        suffixes = suffixes or [f"_stage{i}" for i in range(len(outputs))]
+        correlated = correlated or [True] * len(outputs)
         normalizer = self.num_boxes_normalizer(targets, image_whwh.device)
         batch_targets = BatchTargets.cat(targets)
         losses = {}
-        for stage, output in enumerate(outputs):
-            self.check_diverged(output, stage)
+        for stage, (output, suffix, with_correlation) in enumerate(
+            zip(outputs, suffixes, correlated)
+        ):
+            self.check_diverged(output, suffix)
             k = self.matches_per_target(stage, len(outputs))
             matches = self.match(output, targets, image_whwh, k)
             losses.update(
                 self.stage_losses(
-                    output, batch_targets, image_whwh, matches, normalizer, suffix=f"_stage{stage}"
+                    output,
+                    batch_targets,
+                    image_whwh,
+                    matches,
+                    normalizer,
+                    suffix=suffix,
+                    correlated=with_correlation,
                 )
             )
         return losses
 
-    @staticmethod
-    def check_diverged(output: StageOutput, stage: int) -> None:
-        """FloatingPointError naming the iteration when a stage predicts NaN/inf logits or boxes,
-        or inverted boxes (x2 < x1: learnable proposals of negative size), the signs of a
-        diverged run; matching or GIoU would otherwise fail deep inside."""
+    def check_diverged(self, output: SetPrediction, suffix: str) -> None:
+        """FloatingPointError naming the stage and the iteration when a stage predicts NaN/inf
+        logits or boxes, or inverted boxes (x2 < x1: learnable proposals of negative size), the
+        signs of a diverged run; matching or GIoU would otherwise fail deep inside."""
         problem = None
         if not (torch.isfinite(output.logits).all() and torch.isfinite(output.boxes).all()):
             problem = "NaN or infinite logits or boxes"
@@ -159,10 +189,8 @@ class SparseRCNNCriterion(nn.Module):
             problem = "inverted boxes (x2 < x1 or y2 < y1)"
         if problem:
             raise FloatingPointError(
-                f"CorrSparseRCNN stage {stage} predicted {problem} at iteration "
-                f"{get_event_storage().iter}: training diverged. Lower SOLVER.BASE_LR (Sparse "
-                "R-CNN: 2.5e-5 at batch 16, scaled with the batch) or keep SOLVER.CLIP_GRADIENTS "
-                "enabled."
+                f"the predictions of {suffix.lstrip('_')} are {problem} at iteration "
+                f"{get_event_storage().iter}: training diverged. {self.divergence_hint}"
             )
 
     @staticmethod
@@ -172,15 +200,17 @@ class SparseRCNNCriterion(nn.Module):
 
     def stage_losses(
         self,
-        output: StageOutput,
+        output: SetPrediction,
         targets: BatchTargets,
         image_whwh: torch.Tensor,
         matches: List[Tuple[torch.Tensor, torch.Tensor]],
         normalizer: float,
         *,
         suffix: str,
+        correlated: bool = True,
     ) -> Dict[str, torch.Tensor]:
-        """Losses of one stage given its matches (see :meth:`match`)."""
+        """Losses of one stage given its matches (see :meth:`match`; denoising queries come with
+        theirs), the Correlation Loss of the matched queries included when ``correlated``."""
         num_images, num_proposals, num_classes = output.logits.shape
         image_index = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)])
         query_index = torch.cat([q for q, _ in matches])
@@ -215,7 +245,14 @@ class SparseRCNNCriterion(nn.Module):
         )
 
         whwh = image_whwh[image_index]
-        loss_l1 = (matched_boxes / whwh - gt_boxes / whwh).abs().sum(dim=1)
+        loss_l1 = (
+            (
+                normalized_box_coordinates(matched_boxes, whwh, self.l1_box_format)
+                - normalized_box_coordinates(gt_boxes, whwh, self.l1_box_format)
+            )
+            .abs()
+            .sum(dim=1)
+        )
         loss_giou = giou_loss(matched_boxes, gt_boxes, reduction="none")
         if weights is not None:
             loss_l1, loss_giou = loss_l1 * weights, loss_giou * weights
@@ -228,6 +265,8 @@ class SparseRCNNCriterion(nn.Module):
             f"loss_{name}{suffix}": self.loss_weights[name] * value
             for name, value in unweighted.items()
         }
+        if not correlated:
+            return losses
         losses.update(
             self.correlation_loss(
                 matched_logits,

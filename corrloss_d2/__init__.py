@@ -1,7 +1,8 @@
 """corrloss_d2: correlation-aware losses for Detectron2 detectors.
 
-Importing the package registers its meta-architectures (CorrRetinaNet, CorrFCOS,
-CorrSparseRCNN), the backbone ``build_fcos_resnet_fpn_backbone`` and its datasets with detectron2.
+Importing the package registers its meta-architectures (CorrRetinaNet, CorrFCOS, CorrATSS,
+CorrSparseRCNN, CorrDINO), the backbone ``build_fcos_resnet_fpn_backbone`` and its datasets
+with detectron2.
 """
 
 from .compiled_ops import register_missing_op_placeholders
@@ -10,7 +11,14 @@ register_missing_op_placeholders()  # before detectron2 modules that use the ops
 
 from .config import add_corrloss_config, validate_corrloss_config  # noqa: E402
 from .data import register_corrloss_datasets  # noqa: E402
-from .modeling import CorrelationLoss, CorrFCOS, CorrRetinaNet, CorrSparseRCNN  # noqa: E402
+from .modeling import (  # noqa: E402
+    CorrATSS,
+    CorrDINO,
+    CorrelationLoss,
+    CorrFCOS,
+    CorrRetinaNet,
+    CorrSparseRCNN,
+)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -19,7 +27,9 @@ __all__ = [
     "register_corrloss_datasets",
     "CorrRetinaNet",
     "CorrFCOS",
+    "CorrATSS",
     "CorrSparseRCNN",
+    "CorrDINO",
     "CorrelationLoss",
 ]
 

@@ -28,9 +28,9 @@ TRAIN_AUGMENTATIONS = ("detectron2", "sparse_rcnn")
 
 
 def add_corrloss_config(cfg: CN) -> None:
-    """Adds MODEL.CORR_LOSS, MODEL.CLS_LOSS, MODEL.FCOS, MODEL.ATSS, MODEL.SPARSE_RCNN and the
-    optimiser and
-    augmentation choices (SOLVER.OPTIMIZER, SOLVER.BACKBONE_MULTIPLIER, INPUT.TRAIN_AUGMENTATION)
+    """Adds MODEL.CORR_LOSS, MODEL.CLS_LOSS, MODEL.FCOS, MODEL.ATSS, MODEL.SPARSE_RCNN,
+    MODEL.DINO and the optimiser and augmentation choices (SOLVER.OPTIMIZER,
+    SOLVER.BACKBONE_MULTIPLIER, INPUT.TRAIN_AUGMENTATION)
     and TEST.CORRELATION_EVAL to ``cfg`` in place (call before ``merge_from_file``). Idempotent."""
     if cfg.MODEL.get("CORR_LOSS") is not None:
         return
@@ -169,6 +169,63 @@ def add_corrloss_config(cfg: CN) -> None:
     # queries; they scale the IA-BCE target and the L1/GIoU terms. 0 = off.
     cfg.MODEL.SPARSE_RCNN.PRIME_SAMPLE_TAU = 1.5
 
+    # DINO (Zhang et al. 2023): deformable encoder and decoder, two-stage query selection,
+    # contrastive denoising, Hungarian matching, NMS-free. Defaults: the released DINO-4scale
+    # (IDEA-Research/detrex projects/dino).
+    cfg.MODEL.DINO = CN()
+    cfg.MODEL.DINO.NUM_CLASSES = 80
+    # Backbone features projected to the transformer's first levels (ResNet C3-C5).
+    cfg.MODEL.DINO.IN_FEATURES = ["res3", "res4", "res5"]
+    # Levels of the transformer: IN_FEATURES, then strided 3x3 convolutions (4-scale: one).
+    cfg.MODEL.DINO.NUM_FEATURE_LEVELS = 4
+    # Width of the transformer (a multiple of 32: the input projections' GroupNorm groups).
+    cfg.MODEL.DINO.HIDDEN_DIM = 256
+    # Attention heads (must divide HIDDEN_DIM) and sampling points per head and level of the
+    # deformable attention, in the encoder and the decoder.
+    cfg.MODEL.DINO.NUM_HEADS = 8
+    cfg.MODEL.DINO.NUM_POINTS = 4
+    cfg.MODEL.DINO.NUM_ENCODER_LAYERS = 6
+    cfg.MODEL.DINO.NUM_DECODER_LAYERS = 6
+    cfg.MODEL.DINO.DIM_FEEDFORWARD = 2048
+    cfg.MODEL.DINO.DROPOUT = 0.0
+    # Matching queries: the top encoder proposals that become the decoder's reference boxes.
+    cfg.MODEL.DINO.NUM_QUERIES = 900
+    # Each decoder layer has its own class and box heads (detrex), or all share one pair (the
+    # official DINO code).
+    cfg.MODEL.DINO.SHARE_LAYER_HEADS = False
+    # Sine position embedding of the feature maps: temperature, and the offset added to the
+    # pixel's index before normalising (detrex 12 epochs: 10000, -0.5; 24 epochs: 20, 0.0).
+    cfg.MODEL.DINO.POSITION_EMBEDDING_TEMPERATURE = 10000.0
+    cfg.MODEL.DINO.POSITION_EMBEDDING_OFFSET = -0.5
+    # Contrastive denoising: at most DN_NUMBER noised copies of the ground truths, as many
+    # negatives; a copy's class is resampled with probability DN_LABEL_NOISE_RATIO / 2; its
+    # corners move by up to DN_BOX_NOISE_SCALE half-sides (negatives: 1 to 2 times that).
+    # DN_NUMBER 0: no denoising. Label noise: Align-DETR and the official DINO 0.5, detrex's
+    # DINO 0.2.
+    cfg.MODEL.DINO.DN_NUMBER = 100
+    cfg.MODEL.DINO.DN_LABEL_NOISE_RATIO = 0.5
+    cfg.MODEL.DINO.DN_BOX_NOISE_SCALE = 1.0
+    # Initial foreground probability of the classification biases.
+    cfg.MODEL.DINO.PRIOR_PROB = 0.01
+    # Loss weights of the classification, L1 (normalised cx, cy, w, h) and GIoU terms, on the
+    # encoder proposals, every decoder layer and the denoising queries alike.
+    cfg.MODEL.DINO.CLASS_WEIGHT = 1.0
+    cfg.MODEL.DINO.L1_WEIGHT = 5.0
+    cfg.MODEL.DINO.GIOU_WEIGHT = 2.0
+    # Weights of the focal class, L1 and GIoU terms of the Hungarian matching cost.
+    cfg.MODEL.DINO.COST_CLASS_WEIGHT = 2.0
+    cfg.MODEL.DINO.COST_L1_WEIGHT = 5.0
+    cfg.MODEL.DINO.COST_GIOU_WEIGHT = 2.0
+    cfg.MODEL.DINO.FOCAL_LOSS_ALPHA = 0.25
+    cfg.MODEL.DINO.FOCAL_LOSS_GAMMA = 2.0
+    # Align-DETR's mixed matching: the encoder proposals and every decoder layer but the last
+    # match each ground truth to k queries (capped at floor(0.5 * NUM_QUERIES / #gt), at least
+    # 1), the last layer one-to-one. 0 = one-to-one everywhere (DINO; Align-DETR: 2).
+    cfg.MODEL.DINO.ONE_TO_MANY_K = 0
+    # Align-DETR's prime-sample weights exp(-rank / TAU) within each ground truth's matched
+    # queries; they scale the IA-BCE target and the L1/GIoU terms. 0 = off.
+    cfg.MODEL.DINO.PRIME_SAMPLE_TAU = 1.5
+
     # Optimiser built by train_net.py: "SGD" (detectron2's, the dense recipes) or "ADAMW" (Sparse
     # R-CNN: weight decay SOLVER.WEIGHT_DECAY). Gradient clipping follows SOLVER.CLIP_GRADIENTS,
     # whose CLIP_TYPE may also be "full_model": one norm over all parameters (Sparse R-CNN).
@@ -263,7 +320,30 @@ def validate_corrloss_config(cfg: CN) -> None:
     )
     _check_choice("MODEL.FCOS.HEAD_NORM", fcos.HEAD_NORM, ("GN", "BN", "SyncBN", ""))
     _validate_atss(cfg.MODEL.ATSS)
-    _validate_sparse_rcnn(cfg.MODEL.SPARSE_RCNN)
+    _validate_set_prediction(
+        cfg.MODEL.SPARSE_RCNN,
+        "MODEL.SPARSE_RCNN",
+        (
+            "NUM_PROPOSALS",
+            "NUM_STAGES",
+            "DIM_DYNAMIC",
+            "NUM_DYNAMIC",
+            "NUM_CLS_LAYERS",
+            "NUM_REG_LAYERS",
+        ),
+    )
+    _validate_set_prediction(
+        cfg.MODEL.DINO,
+        "MODEL.DINO",
+        (
+            "NUM_FEATURE_LEVELS",
+            "NUM_POINTS",
+            "NUM_ENCODER_LAYERS",
+            "NUM_DECODER_LAYERS",
+            "NUM_QUERIES",
+        ),
+    )
+    _validate_denoising(cfg.MODEL.DINO)
     _check_choice("SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, OPTIMIZERS)
     _require(
         "SOLVER.BACKBONE_MULTIPLIER",
@@ -321,31 +401,20 @@ def _validate_atss(atss) -> None:
     )
 
 
-def _validate_sparse_rcnn(sparse) -> None:
-    for key in (
-        "NUM_CLASSES",
-        "NUM_PROPOSALS",
-        "NUM_STAGES",
-        "HIDDEN_DIM",
-        "DIM_DYNAMIC",
-        "NUM_DYNAMIC",
-        "NUM_HEADS",
-        "DIM_FEEDFORWARD",
-        "NUM_CLS_LAYERS",
-        "NUM_REG_LAYERS",
-    ):
-        value = sparse[key]
+def _validate_set_prediction(node, prefix: str, architecture_counts: Sequence[str]) -> None:
+    """The keys MODEL.SPARSE_RCNN and MODEL.DINO share, and their own counts (integers >= 1)."""
+    for key in ("NUM_CLASSES", "HIDDEN_DIM", "NUM_HEADS", "DIM_FEEDFORWARD", *architecture_counts):
         _require(
-            f"MODEL.SPARSE_RCNN.{key}",
-            value,
-            isinstance(value, int) and value >= 1,
+            f"{prefix}.{key}",
+            node[key],
+            isinstance(node[key], int) and node[key] >= 1,
             "an integer >= 1",
         )
     _require(
-        "MODEL.SPARSE_RCNN.NUM_HEADS",
-        sparse.NUM_HEADS,
-        sparse.HIDDEN_DIM % sparse.NUM_HEADS == 0,
-        f"a divisor of MODEL.SPARSE_RCNN.HIDDEN_DIM = {sparse.HIDDEN_DIM}",
+        f"{prefix}.NUM_HEADS",
+        node.NUM_HEADS,
+        node.HIDDEN_DIM % node.NUM_HEADS == 0,
+        f"a divisor of {prefix}.HIDDEN_DIM = {node.HIDDEN_DIM}",
     )
     for key in (
         "CLASS_WEIGHT",
@@ -356,27 +425,59 @@ def _validate_sparse_rcnn(sparse) -> None:
         "COST_GIOU_WEIGHT",
         "PRIME_SAMPLE_TAU",
     ):
-        value = sparse[key]
         _require(
-            f"MODEL.SPARSE_RCNN.{key}", value, is_number(value) and value >= 0, "a number >= 0"
+            f"{prefix}.{key}", node[key], is_number(node[key]) and node[key] >= 0, "a number >= 0"
         )
     _require(
-        "MODEL.SPARSE_RCNN.ONE_TO_MANY_K",
-        sparse.ONE_TO_MANY_K,
-        isinstance(sparse.ONE_TO_MANY_K, int) and sparse.ONE_TO_MANY_K >= 0,
-        "an integer >= 0 (0 = one-to-one matching on every stage)",
+        f"{prefix}.ONE_TO_MANY_K",
+        node.ONE_TO_MANY_K,
+        isinstance(node.ONE_TO_MANY_K, int) and node.ONE_TO_MANY_K >= 0,
+        "an integer >= 0 (0 = one-to-one matching everywhere)",
     )
     _require(
-        "MODEL.SPARSE_RCNN.DROPOUT",
-        sparse.DROPOUT,
-        is_number(sparse.DROPOUT) and 0 <= sparse.DROPOUT < 1,
+        f"{prefix}.DROPOUT",
+        node.DROPOUT,
+        is_number(node.DROPOUT) and 0 <= node.DROPOUT < 1,
         "in [0, 1)",
     )
     _require(
-        "MODEL.SPARSE_RCNN.PRIOR_PROB",
-        sparse.PRIOR_PROB,
-        is_number(sparse.PRIOR_PROB) and 0 < sparse.PRIOR_PROB < 1,
+        f"{prefix}.PRIOR_PROB",
+        node.PRIOR_PROB,
+        is_number(node.PRIOR_PROB) and 0 < node.PRIOR_PROB < 1,
         "in (0, 1)",
+    )
+
+
+def _validate_denoising(dino) -> None:
+    _require(
+        "MODEL.DINO.HIDDEN_DIM",
+        dino.HIDDEN_DIM,
+        dino.HIDDEN_DIM % 32 == 0,
+        "a multiple of 32 (the GroupNorm groups of the input projections)",
+    )
+    _require(
+        "MODEL.DINO.POSITION_EMBEDDING_TEMPERATURE",
+        dino.POSITION_EMBEDDING_TEMPERATURE,
+        is_number(dino.POSITION_EMBEDDING_TEMPERATURE) and dino.POSITION_EMBEDDING_TEMPERATURE > 0,
+        "a number > 0",
+    )
+    _require(
+        "MODEL.DINO.DN_NUMBER",
+        dino.DN_NUMBER,
+        isinstance(dino.DN_NUMBER, int) and dino.DN_NUMBER >= 0,
+        "an integer >= 0 (0 = no denoising queries)",
+    )
+    _require(
+        "MODEL.DINO.DN_LABEL_NOISE_RATIO",
+        dino.DN_LABEL_NOISE_RATIO,
+        is_number(dino.DN_LABEL_NOISE_RATIO) and 0 <= dino.DN_LABEL_NOISE_RATIO <= 1,
+        "in [0, 1]",
+    )
+    _require(
+        "MODEL.DINO.DN_BOX_NOISE_SCALE",
+        dino.DN_BOX_NOISE_SCALE,
+        is_number(dino.DN_BOX_NOISE_SCALE) and dino.DN_BOX_NOISE_SCALE >= 0,
+        "a number >= 0",
     )
 
 

@@ -35,6 +35,7 @@ BASES = {
     "CorrFCOS": "Base-CorrFCOS.yaml",
     "CorrATSS": "Base-CorrATSS.yaml",
     "CorrSparseRCNN": "Base-CorrSparseRCNN.yaml",
+    "CorrDINO": "Base-CorrDINO.yaml",
 }
 NUM_CLASSES = 3
 HEAD_OPTS = {
@@ -64,6 +65,29 @@ HEAD_OPTS = {
         4,
         "MODEL.SPARSE_RCNN.DIM_FEEDFORWARD",
         64,
+        "TEST.DETECTIONS_PER_IMAGE",
+        50,
+    ],
+    # 2 + 2 layers, 32 wide, 20 queries, at most 8 denoising queries; 20 x 3 >= 50 detections.
+    "CorrDINO": [
+        "MODEL.DINO.NUM_CLASSES",
+        NUM_CLASSES,
+        "MODEL.DINO.HIDDEN_DIM",
+        32,
+        "MODEL.DINO.NUM_HEADS",
+        4,
+        "MODEL.DINO.NUM_POINTS",
+        2,
+        "MODEL.DINO.NUM_ENCODER_LAYERS",
+        2,
+        "MODEL.DINO.NUM_DECODER_LAYERS",
+        2,
+        "MODEL.DINO.DIM_FEEDFORWARD",
+        64,
+        "MODEL.DINO.NUM_QUERIES",
+        20,
+        "MODEL.DINO.DN_NUMBER",
+        4,
         "TEST.DETECTIONS_PER_IMAGE",
         50,
     ],

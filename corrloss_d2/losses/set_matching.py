@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
-from torchvision.ops import generalized_box_iou
+from torchvision.ops import box_convert, generalized_box_iou
 
 __all__ = [
     "BOX_L1_FORMATS",
@@ -31,11 +31,7 @@ def normalized_box_coordinates(
     them), as corners (``"xyxy"``) or as centre and size (``"cxcywh"``)."""
     if box_format not in BOX_L1_FORMATS:
         raise ValueError(f"box_format must be one of {BOX_L1_FORMATS}, got {box_format!r}")
-    normalized = boxes / image_whwh
-    if box_format == "xyxy":
-        return normalized
-    top_left, bottom_right = normalized.split(2, dim=-1)
-    return torch.cat([(top_left + bottom_right) / 2, bottom_right - top_left], dim=-1)
+    return box_convert(boxes / image_whwh, "xyxy", box_format)
 
 
 def set_matching_cost(

@@ -7,6 +7,7 @@ from .classification_loss import ClassificationLoss
 from .correlation_loss import CorrelationLoss, matched_box_iou
 from .meta_arch import (
     CorrATSS,
+    CorrDINO,
     CorrelationAwareDenseMixin,
     CorrFCOS,
     CorrRetinaNet,
@@ -15,6 +16,7 @@ from .meta_arch import (
 
 __all__ = [
     "CorrATSS",
+    "CorrDINO",
     "CorrFCOS",
     "CorrRetinaNet",
     "CorrSparseRCNN",

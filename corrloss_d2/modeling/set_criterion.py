@@ -208,9 +208,11 @@ class SetCriterion(nn.Module):
         *,
         suffix: str,
         correlated: bool = True,
+        prime_weighted: bool = True,
     ) -> Dict[str, torch.Tensor]:
         """Losses of one stage given its matches (see :meth:`match`; denoising queries come with
-        theirs), the Correlation Loss of the matched queries included when ``correlated``."""
+        theirs), the Correlation Loss of the matched queries included when ``correlated``, the
+        prime-sample weights (when ``prime_sample_tau`` > 0) when ``prime_weighted``."""
         num_images, num_proposals, num_classes = output.logits.shape
         image_index = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)])
         query_index = torch.cat([q for q, _ in matches])
@@ -222,7 +224,7 @@ class SetCriterion(nn.Module):
         matched_boxes = output.boxes[image_index, query_index].float()
         ious = matched_box_iou(matched_boxes.detach(), gt_boxes)
         weights = None
-        if self.prime_sample_tau > 0:
+        if self.prime_sample_tau > 0 and prime_weighted:
             quality = alignment_quality(
                 torch.sigmoid(matched_logits.detach()), ious, self.quality_alpha
             )

@@ -2,7 +2,6 @@
 weights, and the meta-architecture end to end (training, gradients, NMS-free inference)."""
 
 import importlib
-import itertools
 import math
 
 import numpy as np
@@ -15,26 +14,14 @@ from detectron2.utils.events import EventStorage
 from corrloss_d2.modeling import ClassificationLoss, CorrelationLoss, set_criterion
 from corrloss_d2.modeling.set_criterion import SetCriterion
 from corrloss_d2.modeling.set_prediction import SetPrediction
-from tests.references import reference_giou
+from tests.references import reference_set_losses
 from tests.tiny import synthetic_batch, tiny_model
 
-ALPHA, GAMMA = 0.25, 2.0
 WEIGHTS = {"cls": 2.0, "bbox": 5.0, "giou": 2.0}
 
 
 def sigmoid(x):
     return 1 / (1 + math.exp(-x))
-
-
-def reference_cost(logits, boxes, gt_classes, gt_boxes, whwh, q, g):
-    p = sigmoid(logits[q][gt_classes[g]])
-    focal = ALPHA * (1 - p) ** GAMMA * -math.log(p) - (1 - ALPHA) * p**GAMMA * -math.log(1 - p)
-    l1 = sum(abs(boxes[q][i] - gt_boxes[g][i]) / whwh[i] for i in range(4))
-    return (
-        WEIGHTS["cls"] * focal
-        + WEIGHTS["bbox"] * l1
-        - WEIGHTS["giou"] * reference_giou(boxes[q], gt_boxes[g])
-    )
 
 
 def fixed_case(num_queries=4, num_classes=2, seed=0):
@@ -61,36 +48,17 @@ def fixed_case(num_queries=4, num_classes=2, seed=0):
 
 
 def reference_stage_losses(output, gt, whwh):
-    """Sparse R-CNN's losses written out: brute-force optimal one-to-one matching on image 0
-    (image 1 has no ground truth), focal over every entry of both images, L1 and GIoU over the
-    matched pairs; all divided by the number of ground truths (3)."""
-    logits, boxes = output.logits.detach().tolist(), output.boxes.detach().tolist()
-    gt_boxes, gt_classes = gt.gt_boxes.tensor.tolist(), gt.gt_classes.tolist()
-    w = whwh[0].tolist()
-    best = min(
-        itertools.permutations(range(len(logits[0])), 3),
-        key=lambda queries: sum(
-            reference_cost(logits[0], boxes[0], gt_classes, gt_boxes, w, q, g)
-            for g, q in enumerate(queries)
-        ),
+    """Sparse R-CNN's losses written out (image 1 has no ground truth; see
+    ``reference_set_losses``)."""
+    return reference_set_losses(
+        output.logits.detach().tolist(),
+        output.boxes.detach().tolist(),
+        gt.gt_classes.tolist(),
+        gt.gt_boxes.tensor.tolist(),
+        whwh[0].tolist(),
+        loss_weights=WEIGHTS,
+        cost_weights=WEIGHTS,
     )
-    focal = 0.0
-    for image in range(2):
-        for q, row in enumerate(logits[image]):
-            for c, x in enumerate(row):
-                positive = image == 0 and q in best and gt_classes[best.index(q)] == c
-                p = sigmoid(x)
-                p_t, a_t = (p, ALPHA) if positive else (1 - p, 1 - ALPHA)
-                focal += -a_t * (1 - p_t) ** GAMMA * math.log(p_t)
-    l1 = sum(
-        abs(boxes[0][q][i] - gt_boxes[g][i]) / w[i] for g, q in enumerate(best) for i in range(4)
-    )
-    giou = sum(1 - reference_giou(boxes[0][q], gt_boxes[g]) for g, q in enumerate(best))
-    return {
-        "cls": WEIGHTS["cls"] * focal / 3,
-        "bbox": WEIGHTS["bbox"] * l1 / 3,
-        "giou": WEIGHTS["giou"] * giou / 3,
-    }, best
 
 
 def make_criterion(weight=0.0, kind="pearson", cls="focal", k=0, tau=0.0, **loss_and_cost_weights):

@@ -4,12 +4,14 @@ per family (as detectron2's ``modeling/meta_arch``)."""
 from .atss import CorrATSS
 from .build import check_model_config
 from .dense import CorrelationAwareDenseMixin
+from .dino import CorrDINO
 from .fcos import CorrFCOS
 from .retinanet import CorrRetinaNet
 from .sparse_rcnn import CorrSparseRCNN
 
 __all__ = [
     "CorrATSS",
+    "CorrDINO",
     "CorrFCOS",
     "CorrRetinaNet",
     "CorrSparseRCNN",

@@ -23,7 +23,7 @@ from ..correlation_loss import CorrelationLoss
 from ..set_criterion import SetCriterion
 from ..set_prediction import SetPrediction, top_k_detections
 from ..sparse_rcnn_head import BOX_DELTA_WEIGHTS, SparseRCNNStage
-from .build import check_model_config
+from .build import check_model_config, check_query_detector_grouping
 
 __all__ = ["CorrSparseRCNN"]
 
@@ -84,13 +84,7 @@ class CorrSparseRCNN(nn.Module):
     def from_config(cls, cfg):
         check_model_config(cfg)
         sparse = cfg.MODEL.SPARSE_RCNN
-        if cfg.MODEL.CORR_LOSS.GROUP_BY == "level":
-            raise ConfigError(
-                "cfg.MODEL.CORR_LOSS.GROUP_BY = 'level' is not valid for "
-                "CorrSparseRCNN, whose queries have no FPN level; allowed values: "
-                "'auto' or 'batch' (one ρ per stage over the batch, the paper) and "
-                "'image'"
-            )
+        check_query_detector_grouping(cfg, "CorrSparseRCNN")
         backbone = build_backbone(cfg)
         shapes = backbone_feature_shapes(
             backbone, sparse.IN_FEATURES, "MODEL.SPARSE_RCNN.IN_FEATURES"

@@ -6,6 +6,7 @@ it is not set, the tests use the project's development copy beside the checkout
 (``../shared/data``). Set before ``corrloss_d2`` is imported: it registers datasets on import.
 """
 
+import importlib
 import json
 import os
 import subprocess
@@ -134,3 +135,31 @@ def losses_and_grads():
         return {k: v.detach() for k, v in losses.items()}, grads, storage
 
     return run
+
+
+@pytest.fixture
+def matching_ks(monkeypatch):
+    """The k of every one-to-k assignment the set criterion solves, in call order."""
+    from corrloss_d2.modeling import set_criterion
+
+    calls = []
+    real = set_criterion.one_to_k_assignment
+
+    def spy(cost, k):
+        calls.append(k)
+        return real(cost, k)
+
+    monkeypatch.setattr(set_criterion, "one_to_k_assignment", spy)
+    return calls
+
+
+@pytest.fixture
+def forbid_nms(monkeypatch):
+    """Makes any call of torchvision's or detectron2's NMS fail (NMS-free detectors)."""
+
+    def nms_called(*args, **kwargs):
+        raise AssertionError("NMS was called on an NMS-free detector's path")
+
+    for module in ("torchvision.ops", "torchvision.ops.boxes", "detectron2.layers.nms"):
+        for name in ("nms", "batched_nms"):
+            monkeypatch.setattr(importlib.import_module(module), name, nms_called)

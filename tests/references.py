@@ -71,12 +71,12 @@ def reference_set_losses(
     loss_weights,
     cost_weights=None,
     box_format="xyxy",
-    queries=None,
+    matches=None,
     normalizer=None,
 ):
     """A query detector's set losses written out, for a batch whose image 0 holds every ground
     truth: the optimal one-to-one matching by brute force (cost ``cls·focal + bbox·L1 −
-    giou·GIoU``), unless ``queries`` gives the query of each ground truth (denoising); focal over
+    giou·GIoU``), unless ``matches`` gives the (query, ground truth) pairs (denoising); focal over
     every entry of every image, L1 (of boxes over the image size, as corners or centre and size)
     and 1 − GIoU over the matched pairs; all divided by ``normalizer`` (default: the number of
     ground truths).
@@ -86,7 +86,7 @@ def reference_set_losses(
             XYXY. gt_classes, gt_boxes: image 0's. whwh: image 0's (w, h, w, h).
         loss_weights, cost_weights: {"cls", "bbox", "giou"} weights.
     Returns:
-        ({"cls", "bbox", "giou"}: weighted losses, the matched query of each ground truth).
+        ({"cls", "bbox", "giou"}: weighted losses, the (query, ground truth) pairs).
     """
 
     def focal(p, positive):
@@ -101,20 +101,21 @@ def reference_set_losses(
             - cost_weights["giou"] * reference_giou(boxes[0][q], gt_boxes[g])
         )
 
-    if queries is None:
-        queries = min(
+    if matches is None:
+        best = min(
             itertools.permutations(range(len(logits[0])), len(gt_classes)),
             key=lambda chosen: sum(cost(q, g) for g, q in enumerate(chosen)),
         )
+        matches = [(q, g) for g, q in enumerate(best)]
     normalizer = normalizer or len(gt_classes)
-    positives = {(q, gt_classes[g]) for g, q in enumerate(queries)}
+    positives = {(q, gt_classes[g]) for q, g in matches}
     class_loss = sum(
         focal(_sigmoid(x), image == 0 and (q, c) in positives)
         for image, rows in enumerate(logits)
         for q, row in enumerate(rows)
         for c, x in enumerate(row)
     )
-    l1 = sum(_l1(boxes[0][q], gt_boxes[g], whwh, box_format) for g, q in enumerate(queries))
-    giou = sum(1 - reference_giou(boxes[0][q], gt_boxes[g]) for g, q in enumerate(queries))
+    l1 = sum(_l1(boxes[0][q], gt_boxes[g], whwh, box_format) for q, g in matches)
+    giou = sum(1 - reference_giou(boxes[0][q], gt_boxes[g]) for q, g in matches)
     unweighted = {"cls": class_loss, "bbox": l1, "giou": giou}
-    return {n: loss_weights[n] * v / normalizer for n, v in unweighted.items()}, tuple(queries)
+    return {n: loss_weights[n] * v / normalizer for n, v in unweighted.items()}, matches

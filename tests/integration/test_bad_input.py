@@ -10,7 +10,8 @@ Each bad input, what catches it, and its tests here:
   ``test_invalid_config_value_*``.
 - a config file that does not exist: ``load_corrloss_config``, before any process starts;
   ``test_missing_config_file_*``.
-- dataset classes that do not fit the model's NUM_CLASSES key (RETINANET, FCOS, ATSS, SPARSE_RCNN):
+- dataset classes that do not fit the model's NUM_CLASSES key (RETINANET, FCOS, ATSS, SPARSE_RCNN,
+  DINO):
   ``corrloss_d2.data.checks.check_datasets`` from the trainer's loaders;
   ``test_dataset_classes_*``, ``test_class_count_*``.
 - missing dataset folders or files: the dataset loaders (``corrloss_d2.data.datasets``);
@@ -322,10 +323,11 @@ def test_input_error_message_finds_the_error_behind_a_traceback():
         ("CorrFCOS", "MODEL.FCOS.NUM_CLASSES"),
         ("CorrATSS", "MODEL.ATSS.NUM_CLASSES"),
         ("CorrSparseRCNN", "MODEL.SPARSE_RCNN.NUM_CLASSES"),
+        ("CorrDINO", "MODEL.DINO.NUM_CLASSES"),
     ],
 )
 def test_class_count_is_checked_for_every_meta_architecture(tmp_path, register, arch, key):
-    assert set(BASES) == {"CorrRetinaNet", "CorrFCOS", "CorrATSS", "CorrSparseRCNN"}  # all
+    assert set(BASES) == {"CorrRetinaNet", "CorrFCOS", "CorrATSS", "CorrSparseRCNN", "CorrDINO"}
     name = register("two_classes", *write_dataset(tmp_path, num_classes=2))
     cfg = tiny_cfg(arch, "DATASETS.TRAIN", (), "DATASETS.TEST", (name,))  # tiny_cfg: 3 classes
     with pytest.raises(

@@ -21,7 +21,7 @@ from corrloss_d2.engine import launch_processes
 from corrloss_d2.engine.trainer import ddp_without_device_ids_for_cpu_models
 from corrloss_d2.losses import correlation_coefficients
 from corrloss_d2.modeling import ClassificationLoss, correlation_loss
-from tests.tiny import synthetic_batch, tiny_model
+from tests.tiny import synthetic_batch, tiny_cfg, tiny_model
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,17 @@ CASES = {
         "MODEL.SPARSE_RCNN.ONE_TO_MANY_K",
         2,
     ],
+    "CorrDINO": [
+        "MODEL.CORR_LOSS.TYPE",
+        "pearson",
+        "MODEL.CLS_LOSS.TYPE",
+        "ia_bce",
+        "MODEL.DINO.ONE_TO_MANY_K",
+        2,
+    ],
 }
+# The query detectors' correlation calls of a step, in order (one per stage / decoder layer).
+RHO_SUFFIXES = {"CorrSparseRCNN": ["_stage0", "_stage1"], "CorrDINO": ["_layer0", "_layer1"]}
 # The dense detectors' loss normaliser: (initial value, EMA momentum); detectron2's for RetinaNet
 # and FCOS, the iteration's own count for ATSS (as released).
 NORMALIZER_EMA = {"CorrRetinaNet": (100, 0.9), "CorrFCOS": (300, 0.9), "CorrATSS": (100, 0.0)}
@@ -51,7 +61,7 @@ NORMALIZER_EMA = {"CorrRetinaNet": (100, 0.9), "CorrFCOS": (300, 0.9), "CorrATSS
 
 def rho_suffixes(arch):
     """Suffix of the logged ρ of each correlation call of a step, in call order."""
-    return ["_stage0", "_stage1"] if arch == "CorrSparseRCNN" else [""]
+    return RHO_SUFFIXES.get(arch, [""])
 
 
 def train_one_case(arch, gather, rank):
@@ -69,7 +79,7 @@ def train_one_case(arch, gather, rank):
     with ddp_without_device_ids_for_cpu_models():  # as CorrLossTrainer builds it
         ddp = engine_defaults.create_ddp_model(model, broadcast_buffers=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    seen = {"samples": [], "normalizers": [], "losses": [], "num_gt": []}
+    seen = {"samples": [], "normalizers": [], "losses": [], "num_gt": [], "max_gt": []}
     real_coefficients, real_classification = correlation_coefficients, ClassificationLoss.forward
 
     def coefficients_spy(scores, ious, kind, **kwargs):
@@ -98,6 +108,7 @@ def train_one_case(arch, gather, rank):
                 seen["normalizers"].append([])
                 batch = synthetic_batch(IMAGES_PER_PROCESS, seed=100 * rank + step)
                 seen["num_gt"].append(sum(len(x["instances"]) for x in batch))
+                seen["max_gt"].append(max(len(x["instances"]) for x in batch))
                 losses = ddp(batch)
                 optimizer.zero_grad()
                 sum(losses.values()).backward()
@@ -203,6 +214,11 @@ def test_loss_normalisers_are_averaged_over_processes(runs, arch):
     assert counts[0] != counts[1], "the processes must have different counts to average"
     for seen in ranks:
         for step, normalizers in enumerate(seen["normalizers"]):
+            if arch == "CorrDINO":  # encoder, 2 layers; then the 2 layers' denoising queries,
+                # normalised by the averaged count times this process's denoising groups
+                groups = tiny_cfg(arch).MODEL.DINO.DN_NUMBER // seen["max_gt"][step]
+                assert normalizers[3:] == pytest.approx([expected[step] * groups] * 2)
+                normalizers = normalizers[:3]
             assert normalizers and all(n == pytest.approx(expected[step]) for n in normalizers)
 
 

@@ -12,7 +12,8 @@ from corrloss_d2.modeling import classification_loss as classification_loss_modu
 from corrloss_d2.modeling import correlation_loss as correlation_loss_module
 from tests.tiny import synthetic_batch, tiny_model
 
-ARCHS = ["CorrRetinaNet", "CorrFCOS", "CorrATSS", "CorrSparseRCNN"]
+ARCHS = ["CorrRetinaNet", "CorrFCOS", "CorrATSS", "CorrSparseRCNN", "CorrDINO"]
+QUERY_BASED = ("CorrSparseRCNN", "CorrDINO")  # a criterion module, a correlation term per stage
 
 
 @pytest.mark.parametrize(
@@ -29,9 +30,7 @@ def test_bfloat16_autocast_training_step_keeps_losses_in_float32(arch, cls_loss,
         cls_loss,
     )
     model.train()
-    classification_loss = (
-        model.criterion if arch == "CorrSparseRCNN" else model
-    ).classification_loss
+    classification_loss = (model.criterion if arch in QUERY_BASED else model).classification_loss
     # The dtypes the loss math receives: classification logits, correlation scores and IoUs.
     received = {"classification": set(), "correlation": set(), "module outputs": set()}
 
@@ -75,7 +74,7 @@ def test_bfloat16_autocast_training_step_keeps_losses_in_float32(arch, cls_loss,
     assert received["classification"] == {torch.float32}
     assert received["correlation"] == {torch.float32}
     corr_terms = [k for k in losses if k.startswith("loss_corr")]
-    assert len(corr_terms) == (2 if arch == "CorrSparseRCNN" else 1)
+    assert len(corr_terms) == (2 if arch in QUERY_BASED else 1)
     assert all(losses[k] > 0 for k in corr_terms)
     for name, value in losses.items():
         assert value.dtype == torch.float32 and torch.isfinite(value), (name, value)

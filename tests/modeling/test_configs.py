@@ -100,8 +100,12 @@ LOSS_KEYS = {
         "MODEL.SPARSE_RCNN.ONE_TO_MANY_K",
         "MODEL.SPARSE_RCNN.CLASS_WEIGHT",
         "MODEL.SPARSE_RCNN.PRIME_SAMPLE_TAU",
+        "MODEL.DINO.ONE_TO_MANY_K",
+        "MODEL.DINO.PRIME_SAMPLE_TAU",
     ),
 }
+# The config node of each query-based detector's matching and loss weights.
+QUERY_NODES = {"CorrSparseRCNN": "MODEL.SPARSE_RCNN", "CorrDINO": "MODEL.DINO"}
 CITYSCAPES = [
     p
     for p in RECIPES
@@ -113,7 +117,9 @@ ARCHITECTURES = {
     "fcos": "CorrFCOS",
     "atss": "CorrATSS",
     "sparse_rcnn": "CorrSparseRCNN",
+    "dino": "CorrDINO",
 }
+ITERATIONS_PER_EPOCH = 7500  # of detrex's DETR schedules at 16 images
 
 
 def test_every_recipe_has_one_home():
@@ -124,7 +130,7 @@ def test_every_recipe_has_one_home():
             home = "configs"
         elif "corr_" in name:
             home = os.path.join("projects", "CorrelationLoss", "configs")
-        elif name.startswith("sparse_rcnn") and "ia_bce" in name:
+        elif name.startswith(("sparse_rcnn", "dino")) and "ia_bce" in name:
             home = os.path.join("projects", "AlignDETR", "configs")
         elif name.endswith("_baseline.yaml"):
             home = (
@@ -190,8 +196,12 @@ def test_every_recipe_writes_to_its_own_output_dir():
 def test_file_name_states_architecture_depth_proposals_and_schedule(path):
     cfg = merged(path)
     name = stem(path).removeprefix("cityscapes_")
-    arch, family, depth, dcn = re.match(r"(.+?)_([RX])_(\d+)(_DCN)?_FPN", name).groups()
+    arch, family, depth, dcn, neck = re.match(
+        r"(.+?)_([RX])_(\d+)(_DCN)?_(FPN|\d+scale)", name
+    ).groups()
     assert ARCHITECTURES[arch] == cfg["MODEL.META_ARCHITECTURE"]
+    if neck != "FPN":  # a DETR's feature levels
+        assert int(neck.removesuffix("scale")) == cfg["MODEL.DINO.NUM_FEATURE_LEVELS"]
     assert int(depth) == cfg["MODEL.RESNETS.DEPTH"]
     assert (family == "X") == (cfg["MODEL.RESNETS.NUM_GROUPS"] > 1)
     assert bool(dcn) == any(cfg["MODEL.RESNETS.DEFORM_ON_PER_STAGE"])
@@ -202,6 +212,10 @@ def test_file_name_states_architecture_depth_proposals_and_schedule(path):
     if schedule:  # 1x: detectron2's 90k iterations at batch 16, or 12 COCO epochs of 7,330
         images = cfg["SOLVER.MAX_ITER"] * cfg["SOLVER.IMS_PER_BATCH"]
         assert images in (90000 * 16 * int(schedule.group(1)), 87960 * 16 * int(schedule.group(1)))
+    epochs = re.search(r"_(\d+)ep(_|$)", name)
+    if epochs:
+        images = cfg["SOLVER.MAX_ITER"] * cfg["SOLVER.IMS_PER_BATCH"]
+        assert images == ITERATIONS_PER_EPOCH * 16 * int(epochs.group(1))
     cityscapes = all(
         d.startswith("cityscapes") for d in cfg["DATASETS.TRAIN"] + cfg["DATASETS.TEST"]
     )
@@ -224,8 +238,9 @@ def test_file_name_states_the_losses(path):
         if cfg["MODEL.CORR_LOSS.TYPE"] == "spearman":  # 1.0: the released soft-rank strength
             assert ("_true_rank" in name) == (cfg["MODEL.CORR_LOSS.RANK_STRENGTH"] < 1.0)
     assert (f"_{cls_loss}" in name) == (cls_loss != "focal"), f"{name}: CLS_LOSS.TYPE = {cls_loss}"
-    if cfg["MODEL.META_ARCHITECTURE"] == "CorrSparseRCNN":
-        k, tau = cfg["MODEL.SPARSE_RCNN.ONE_TO_MANY_K"], cfg["MODEL.SPARSE_RCNN.PRIME_SAMPLE_TAU"]
+    node = QUERY_NODES.get(cfg["MODEL.META_ARCHITECTURE"])
+    if node:
+        k, tau = cfg[f"{node}.ONE_TO_MANY_K"], cfg[f"{node}.PRIME_SAMPLE_TAU"]
         mixed = re.search(r"_mixed_k(\d+)(_|$)", name)
         assert (int(mixed.group(1)) if mixed else 0) == k, f"{name}: ONE_TO_MANY_K = {k}"
         # prime-sample weights only act with mixed matching (one-to-one: every group has one query)
@@ -247,9 +262,9 @@ def test_correlation_loss_recipes_train_with_the_loss_on_top_of_the_detector(pat
 
 
 @pytest.mark.parametrize("path", PROJECT_RECIPES["AlignDETR"], ids=rel)
-def test_align_detr_recipes_use_ia_bce_on_sparse_rcnn(path):
+def test_align_detr_recipes_use_ia_bce_on_a_query_detector(path):
     cfg = merged(path)
-    assert cfg["MODEL.META_ARCHITECTURE"] == "CorrSparseRCNN"
+    assert cfg["MODEL.META_ARCHITECTURE"] in QUERY_NODES
     assert cfg["MODEL.CLS_LOSS.TYPE"] == "ia_bce" and "_ia_bce" in stem(path)
     assert cfg["MODEL.CORR_LOSS.WEIGHT"] == 0
 
@@ -259,8 +274,9 @@ def test_baselines_are_the_plain_detector(path):
     cfg = merged(path)
     assert cfg["MODEL.CORR_LOSS.WEIGHT"] == 0
     assert cfg["MODEL.CLS_LOSS.TYPE"] == "focal"
-    if cfg["MODEL.META_ARCHITECTURE"] == "CorrSparseRCNN":
-        assert cfg["MODEL.SPARSE_RCNN.ONE_TO_MANY_K"] == 0
+    node = QUERY_NODES.get(cfg["MODEL.META_ARCHITECTURE"])
+    if node:
+        assert cfg[f"{node}.ONE_TO_MANY_K"] == 0
 
 
 @pytest.mark.parametrize(
@@ -448,6 +464,45 @@ SPARSE_3X = {
     "MODEL.SPARSE_RCNN.NUM_PROPOSALS": 300,
     "TEST.DETECTIONS_PER_IMAGE": 300,
 }
+# detrex's DINO-4scale R-50 (projects/dino/configs/models/dino_r50.py, dino_r50_4scale_*.py).
+DINO_4SCALE = {
+    **TORCHVISION_INPUT,
+    "MODEL.BACKBONE.FREEZE_AT": 1,
+    "MODEL.DINO.NUM_QUERIES": 900,
+    "MODEL.DINO.NUM_FEATURE_LEVELS": 4,
+    "MODEL.DINO.DN_NUMBER": 100,
+    "MODEL.DINO.DN_BOX_NOISE_SCALE": 1.0,
+    "MODEL.DINO.CLASS_WEIGHT": 1.0,
+    "MODEL.DINO.L1_WEIGHT": 5.0,
+    "MODEL.DINO.GIOU_WEIGHT": 2.0,
+    "MODEL.DINO.COST_CLASS_WEIGHT": 2.0,
+    "MODEL.DINO.COST_L1_WEIGHT": 5.0,
+    "MODEL.DINO.COST_GIOU_WEIGHT": 2.0,
+    "TEST.DETECTIONS_PER_IMAGE": 300,
+    "SOLVER.OPTIMIZER": "ADAMW",
+    "SOLVER.BASE_LR": 1e-4,
+    "SOLVER.BACKBONE_MULTIPLIER": 0.1,
+    "SOLVER.WEIGHT_DECAY": 1e-4,
+    "SOLVER.WEIGHT_DECAY_NORM": 0.0,
+    "SOLVER.IMS_PER_BATCH": 16,
+    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": "full_model",
+    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": 0.1,
+    "SOLVER.WARMUP_ITERS": 0,
+    "INPUT.TRAIN_AUGMENTATION": "sparse_rcnn",
+    "INPUT.MIN_SIZE_TRAIN": SCALES_480_800,
+    "INPUT.CROP.SIZE": [384, 600],
+}
+DINO_12EP = {"SOLVER.MAX_ITER": 90000, "SOLVER.STEPS": (82500,)}
+DINO_24EP = {"SOLVER.MAX_ITER": 180000, "SOLVER.STEPS": (165000,)}
+# FelixCaae/AlignDETR aligndetr/configs/aligndetr_k=2_r50_4scale_12ep.py, models/aligndetr_r50.py.
+ALIGN_DETR_DINO = {
+    "MODEL.CLS_LOSS.TYPE": "ia_bce",
+    "MODEL.CLS_LOSS.IA_BCE_ALPHA": 0.25,
+    "MODEL.CLS_LOSS.IA_BCE_GAMMA": 2.0,
+    "MODEL.DINO.ONE_TO_MANY_K": 2,
+    "MODEL.DINO.PRIME_SAMPLE_TAU": 1.5,
+    "MODEL.DINO.DN_LABEL_NOISE_RATIO": 0.5,
+}
 DCN = {
     "MODEL.RESNETS.DEFORM_ON_PER_STAGE": [False, True, True, True],
     "MODEL.RESNETS.DEFORM_MODULATED": True,
@@ -455,6 +510,7 @@ DCN = {
     "INPUT.MIN_SIZE_TRAIN": tuple(range(480, 961, 32)),
 }
 CORR = "projects/CorrelationLoss/configs/"
+ALIGN = "projects/AlignDETR/configs/"
 RELEASED = {
     "configs/COCO-Detection/sparse_rcnn_R_50_FPN_100pro_1x_baseline.yaml": SPARSE_1X,
     CORR + "sparse_rcnn_R_50_FPN_100pro_1x_corr_spearman_0.2.yaml": SPARSE_1X,
@@ -518,6 +574,37 @@ RELEASED = {
         "MODEL.ATSS.CENTERNESS_LOSS_WEIGHT": 0.0,
         "MODEL.CORR_LOSS.TYPE": "concordance",
         "MODEL.CORR_LOSS.WEIGHT": 0.3,
+    },
+    "configs/COCO-Detection/dino_R_50_4scale_12ep_baseline.yaml": {
+        **DINO_4SCALE,
+        **DINO_12EP,
+        "MODEL.DINO.DN_LABEL_NOISE_RATIO": 0.2,
+        "MODEL.DINO.POSITION_EMBEDDING_TEMPERATURE": 10000.0,
+    },
+    "configs/COCO-Detection/dino_R_50_4scale_24ep_baseline.yaml": {
+        **DINO_4SCALE,
+        **DINO_24EP,
+        "MODEL.DINO.DN_LABEL_NOISE_RATIO": 0.2,
+        "MODEL.DINO.POSITION_EMBEDDING_TEMPERATURE": 20.0,
+        "MODEL.DINO.POSITION_EMBEDDING_OFFSET": 0.0,
+    },
+    ALIGN + "dino_R_50_4scale_12ep_ia_bce_mixed_k2_prime.yaml": {
+        **DINO_4SCALE,
+        **DINO_12EP,
+        **ALIGN_DETR_DINO,
+    },
+    ALIGN + "dino_R_50_4scale_24ep_ia_bce_mixed_k2_prime.yaml": {
+        **DINO_4SCALE,
+        **DINO_24EP,
+        **ALIGN_DETR_DINO,
+        "MODEL.DINO.POSITION_EMBEDDING_TEMPERATURE": 10000.0,
+        "MODEL.DINO.POSITION_EMBEDDING_OFFSET": -0.5,
+    },
+    CORR + "dino_R_50_4scale_12ep_corr_spearman_0.2.yaml": {
+        **DINO_4SCALE,
+        **DINO_12EP,
+        "MODEL.CORR_LOSS.TYPE": "spearman",
+        "MODEL.CORR_LOSS.WEIGHT": 0.2,
     },
 }
 

@@ -1,13 +1,18 @@
 """Overhead of the correlation term: training iterations/s, inference images/s and peak training
 memory, as ratios in one run.
 
-For CorrRetinaNet, CorrFCOS and CorrSparseRCNN (the CPU configs: ResNet-18/GN, raccoon, small
-images; Sparse R-CNN with its 6 stages) it trains, from the same initial weights on the same
-batches, with each config's own optimiser (``corrloss_d2.solver.build_optimizer``):
+For CorrRetinaNet, CorrFCOS, CorrSparseRCNN and CorrDINO (the CPU configs: ResNet-18/GN,
+raccoon, small images; Sparse R-CNN with its 6 stages, DINO with 3 + 3 layers and the
+pure-PyTorch deformable attention) it trains, from the same initial weights on the same batches,
+with each config's own optimiser (``corrloss_d2.solver.build_optimizer``):
 
-- ``detectron2``: detectron2's own RetinaNet / FCOS (the reference; detectron2 has no Sparse R-CNN),
-- ``weight0``: ours with λ = 0 (ρ is still measured for logging; Sparse R-CNN's reference),
-- ``corr``: ours with the correlation term (``--kind``, ``--weight``; on every Sparse R-CNN stage).
+- ``detectron2``: detectron2's own RetinaNet / FCOS (the reference; detectron2 has no Sparse R-CNN
+  nor DINO),
+- ``weight0``: ours with λ = 0 (ρ is still measured for logging; the query detectors' reference:
+  focal loss, one-to-one matching),
+- ``corr``: ours with the correlation term (``--kind``, ``--weight``; on every Sparse R-CNN stage,
+  every DINO decoder layer),
+- ``align_detr`` (DINO): λ = 0 with Align-DETR's IA-BCE, mixed matching (k = 2) and prime weights.
 
 Timing interleaves the variants in blocks of iterations inside this one process, so that drifts
 of the machine hit all of them alike; the ratio is the median block time against the reference's.
@@ -20,6 +25,7 @@ autocast (float16 with a GradScaler on CUDA, like detectron2's AMPTrainer; bfloa
 
     python tools/benchmark_training.py [--iters 200] [--archs retinanet fcos sparse_rcnn] \
         [--device cpu] [--amp]
+    python tools/benchmark_training.py --archs dino
 """
 
 import argparse
@@ -49,15 +55,24 @@ VARIANTS = {
     "retinanet": ("detectron2", "weight0", "corr"),
     "fcos": ("detectron2", "weight0", "corr"),
     "sparse_rcnn": ("weight0", "corr"),
+    "dino": ("weight0", "corr", "align_detr"),
+}
+CONFIGS = {
+    "retinanet": "retinanet_R_18_FPN_raccoon_scratch.yaml",
+    "fcos": "fcos_R_18_FPN_raccoon_scratch.yaml",
+    "sparse_rcnn": "sparse_rcnn_R_18_FPN_raccoon_scratch.yaml",
+    "dino": "dino_R_18_4scale_raccoon_scratch.yaml",
+}
+# Config overrides of a variant beyond its correlation weight.
+VARIANT_OPTS = {
+    "align_detr": ["MODEL.CLS_LOSS.TYPE", "ia_bce", "MODEL.DINO.ONE_TO_MANY_K", 2],
 }
 
 
-def make_cfg(arch: str, device: str, weight: float, kind: str):
+def make_cfg(arch: str, device: str, weight: float, kind: str, opts=()):
     cfg = get_cfg()
     add_corrloss_config(cfg)
-    cfg.merge_from_file(
-        os.path.join(REPO, "configs", "CPU", f"{arch}_R_18_FPN_raccoon_scratch.yaml")
-    )
+    cfg.merge_from_file(os.path.join(REPO, "configs", "CPU", CONFIGS[arch]))
     cfg.merge_from_list(
         [
             "MODEL.DEVICE",
@@ -68,6 +83,7 @@ def make_cfg(arch: str, device: str, weight: float, kind: str):
             kind,
             "DATALOADER.NUM_WORKERS",
             0,
+            *opts,
         ]
     )
     return cfg
@@ -76,7 +92,9 @@ def make_cfg(arch: str, device: str, weight: float, kind: str):
 def make_model(arch: str, variant: str, device: str, weight: float, kind: str, amp: bool = False):
     """The variant's model, with its config's optimiser as ``model.bench_optimizer``."""
     torch.manual_seed(0)
-    cfg = make_cfg(arch, device, weight if variant == "corr" else 0.0, kind)
+    cfg = make_cfg(
+        arch, device, weight if variant == "corr" else 0.0, kind, VARIANT_OPTS.get(variant, ())
+    )
     model = build_model(cfg)
     if variant == "detectron2" and arch == "retinanet":
         reference = RetinaNet(cfg)

@@ -2,8 +2,9 @@
 iteration with the saved optimiser, scheduler, normaliser, random and data-stream state, and every
 later iteration's losses, the final weights and the final AP equal an uninterrupted run's to the
 bit (same seed, CPU): in one process with two data-loading workers, and in two processes
-(--num-gpus 2, GLOO; the signal sent to the launching process only). (--eval-only of saved weights:
-tests/integration/test_train_net.py.)"""
+(--num-gpus 2, GLOO; the signal sent to the launching process only); and CorrDINO in one process,
+whose denoising queries draw their noise from the restored random state. (--eval-only of saved
+weights: tests/integration/test_train_net.py.)"""
 
 import json
 import os
@@ -11,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -24,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 MAX_ITER = 10
 CONFIG = os.path.join(REPO, "configs", "CPU", "retinanet_R_18_FPN_raccoon_scratch.yaml")
+DINO_CONFIG = os.path.join(REPO, "configs", "CPU", "dino_R_18_4scale_raccoon_scratch.yaml")
 COMMON = [
     *FAST,
     "DATALOADER.NUM_WORKERS",
@@ -38,8 +41,6 @@ COMMON = [
     "3",
     "TEST.EVAL_PERIOD",
     "0",
-    "MODEL.RETINANET.SCORE_THRESH_TEST",
-    "0.01",
     "CUDNN_BENCHMARK",
     "False",
 ]
@@ -74,30 +75,41 @@ LOGGED_TRAIN_NET = textwrap.dedent("""
 """)
 
 
-def logged_train_net(script, *args, cwd):
-    return subprocess.Popen(
-        [sys.executable, script, "--config-file", CONFIG, *args],
+def logged_train_net(script, config, *args, cwd):
+    # The output goes to a file, not a pipe: a run that fills a pipe nobody reads (while the
+    # test waits for a checkpoint) would block on its next log line.
+    output = tempfile.TemporaryFile("w+")
+    process = subprocess.Popen(
+        [sys.executable, script, "--config-file", config, *args],
         cwd=cwd,
         text=True,
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )  # GLOO, CPU
+    process.output_file = output
+    return process
+
+
+def output_of(process) -> str:
+    process.output_file.seek(0)
+    return process.output_file.read()
 
 
 def finished(process, expected_status=0):
-    output = process.communicate(timeout=900)[0]
+    process.wait(timeout=900)
+    output = output_of(process)
     assert process.returncode == expected_status, output[-5000:]
     return output
 
 
-def interrupted_run(script, args, out, cwd):
+def interrupted_run(script, config, args, out, cwd):
     """Starts training; sends SIGTERM (to the launching process) once the first periodic
     checkpoint exists; returns the output of the run, which must exit with status 1."""
-    process = logged_train_net(script, *args, "OUTPUT_DIR", out, cwd=cwd)
+    process = logged_train_net(script, config, *args, "OUTPUT_DIR", out, cwd=cwd)
     deadline = time.time() + 600
     while not os.path.exists(os.path.join(out, "model_0000002.pth")):
-        assert process.poll() is None and time.time() < deadline, process.communicate()[0][-3000:]
+        assert process.poll() is None and time.time() < deadline, output_of(process)[-3000:]
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     return finished(process, expected_status=1)
@@ -115,29 +127,55 @@ def logged_losses(out):
 # Two processes (GLOO): the processes' own state (the signal passed on, each one's stream and
 # random state); loading in the main process and no evaluation keep it short (loader workers and
 # evaluation are checked with one process).
-@pytest.mark.parametrize(
-    "flags,opts,signal_name",
-    [
-        ((), (), "SIGTERM"),
-        (
-            ("--num-gpus", "2", "--dist-url", "auto"),
-            ("DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "()"),
-            "SIGTERM/SIGINT (passed on by the launching process)",
-        ),
-    ],
-    ids=["1 process", "2 processes"],
+RETINANET_OPTS = ("MODEL.RETINANET.SCORE_THRESH_TEST", "0.01")
+RETINANET_LOSSES = {"total_loss", "loss_cls", "loss_box_reg", "loss_corr"}
+DINO_OPTS = (
+    "MODEL.CORR_LOSS.WEIGHT",
+    "0.2",
+    "MODEL.DINO.NUM_ENCODER_LAYERS",
+    "1",
+    "MODEL.DINO.NUM_DECODER_LAYERS",
+    "2",
+    "DATASETS.TEST",
+    "()",
 )
-def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, flags, opts, signal_name, metrics):
+DINO_LOSSES = {"total_loss", "loss_corr_layer0", "loss_corr_layer1"} | {
+    f"loss_{name}{suffix}"
+    for name in ("cls", "bbox", "giou")
+    for suffix in ("_enc", "_layer0", "_layer1", "_dn_layer0", "_dn_layer1")
+}
+
+
+@pytest.mark.parametrize(
+    "config,flags,opts,signal_name,loss_names",
+    [
+        (CONFIG, (), RETINANET_OPTS, "SIGTERM", RETINANET_LOSSES),
+        (
+            CONFIG,
+            ("--num-gpus", "2", "--dist-url", "auto"),
+            (*RETINANET_OPTS, "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "()"),
+            "SIGTERM/SIGINT (passed on by the launching process)",
+            RETINANET_LOSSES,
+        ),
+        (DINO_CONFIG, (), DINO_OPTS, "SIGTERM", DINO_LOSSES),
+    ],
+    ids=["1 process", "2 processes", "CorrDINO"],
+)
+def test_sigterm_then_resume_matches_uninterrupted_run(
+    tmp_path, config, flags, opts, signal_name, loss_names, metrics
+):
     script = str(tmp_path / "train_net_logged.py")
     with open(script, "w") as f:
         f.write(LOGGED_TRAIN_NET)
     reference = str(tmp_path / "reference")
     finished(
-        logged_train_net(script, *flags, *COMMON, *opts, "OUTPUT_DIR", reference, cwd=tmp_path)
+        logged_train_net(
+            script, config, *flags, *COMMON, *opts, "OUTPUT_DIR", reference, cwd=tmp_path
+        )
     )
 
     out = str(tmp_path / "out")
-    output = interrupted_run(script, (*flags, *COMMON, *opts), out, tmp_path)
+    output = interrupted_run(script, config, (*flags, *COMMON, *opts), out, tmp_path)
     stopped = re.search(
         rf"stopped by {re.escape(signal_name)} after iteration (\d+); checkpoint "
         r"(\S+)\. Continue with the same command and --resume",
@@ -157,7 +195,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, flags, opts, si
     assert "Traceback" not in output, output[-3000:]
     log = finished(
         logged_train_net(
-            script, *flags, "--resume", *COMMON, *opts, "OUTPUT_DIR", out, cwd=tmp_path
+            script, config, *flags, "--resume", *COMMON, *opts, "OUTPUT_DIR", out, cwd=tmp_path
         )
     )
     assert f"Starting training from iteration {iteration + 1}" in log
@@ -165,7 +203,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path, flags, opts, si
     # The stop iteration trained (its losses were not logged); the resumed run starts after it.
     assert sorted(expected) == list(range(MAX_ITER))
     assert sorted(resumed) == [it for it in range(MAX_ITER) if it != iteration]
-    assert set(expected[0]) == {"total_loss", "loss_cls", "loss_box_reg", "loss_corr"}
+    assert set(expected[0]) == loss_names
     # Every restored state (weights, optimiser, scheduler, normaliser, random state, sample
     # stream and the batches it forms) makes the resumed run compute what the uninterrupted one
     # did, to the bit: a state missing or restored only approximately changes the losses.

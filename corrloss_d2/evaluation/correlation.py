@@ -114,7 +114,9 @@ class CorrelationEvaluator(DatasetEvaluator):
       final detections (COCO matching at ``iou_threshold``, top ``max_detections`` per image and
       class), pooled over the dataset, averaged over the classes where it is defined.
     - ``ap``, ``ap_lower_bound``, ``ap_upper_bound``: COCO AP of the final detections, and with
-      each class's true-positive scores permuted to sort opposite to / in the order of IoU.
+      each class's true-positive scores permuted to sort opposite to / in the order of IoU (bounds
+      of AP at ``iou_threshold``; COCO AP's greedy matching at stricter IoUs can then pair other
+      detections, so AP may fall slightly outside them, as an NMS-free detector's duplicates do).
     - ``br_recall@N``: for each non-crowd ground truth, its best-regressed candidate (highest IoU
       among the candidates of its class; none if no candidate overlaps it); the fraction of ground
       truths whose best-regressed candidate's score is among the top N of its image (ties count as

@@ -179,7 +179,7 @@ def _ap_bounds(runs, path):
     ax.set_xlim(-0.7, len(runs) - 0.3)
     ax.set_ylabel("COCO AP")
     ax.set_title(
-        "AP (dot) between its bounds: TP scores sorted\nopposite to / in the order of IoU",
+        "AP (dot); bar: AP with TP scores sorted\nopposite to / in the order of IoU",
         fontsize=10,
     )
     figure.tight_layout()

@@ -25,6 +25,7 @@ GROUP_BY_CHOICES = ("auto",) + GROUPINGS  # "auto": the meta-architecture's pape
 OPTIMIZERS = ("SGD", "ADAMW")
 CLIP_TYPES = ("value", "norm", "full_model")  # detectron2's two, and one norm over all parameters
 TRAIN_AUGMENTATIONS = ("detectron2", "sparse_rcnn")
+DINO_GROUP_NORM_GROUPS = 32  # of DINO's input projections
 
 
 def add_corrloss_config(cfg: CN) -> None:
@@ -200,10 +201,10 @@ def add_corrloss_config(cfg: CN) -> None:
     # Contrastive denoising: at most DN_NUMBER noised copies of the ground truths, as many
     # negatives; a copy's class is resampled with probability DN_LABEL_NOISE_RATIO / 2; its
     # corners move by up to DN_BOX_NOISE_SCALE half-sides (negatives: 1 to 2 times that).
-    # DN_NUMBER 0: no denoising. Label noise: Align-DETR and the official DINO 0.5, detrex's
-    # DINO 0.2.
+    # DN_NUMBER 0: no denoising. Label noise: detrex's DINO 0.2; Align-DETR and the official
+    # DINO 0.5.
     cfg.MODEL.DINO.DN_NUMBER = 100
-    cfg.MODEL.DINO.DN_LABEL_NOISE_RATIO = 0.5
+    cfg.MODEL.DINO.DN_LABEL_NOISE_RATIO = 0.2
     cfg.MODEL.DINO.DN_BOX_NOISE_SCALE = 1.0
     # Initial foreground probability of the classification biases.
     cfg.MODEL.DINO.PRIOR_PROB = 0.01
@@ -343,7 +344,7 @@ def validate_corrloss_config(cfg: CN) -> None:
             "NUM_QUERIES",
         ),
     )
-    _validate_denoising(cfg.MODEL.DINO)
+    _validate_dino(cfg.MODEL.DINO)
     _check_choice("SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, OPTIMIZERS)
     _require(
         "SOLVER.BACKBONE_MULTIPLIER",
@@ -448,12 +449,18 @@ def _validate_set_prediction(node, prefix: str, architecture_counts: Sequence[st
     )
 
 
-def _validate_denoising(dino) -> None:
+def _validate_dino(dino) -> None:
+    _require(
+        "MODEL.DINO.IN_FEATURES",
+        dino.IN_FEATURES,
+        len(dino.IN_FEATURES) >= 1,
+        "a list of at least one backbone feature (DINO 4-scale: ['res3', 'res4', 'res5'])",
+    )
     _require(
         "MODEL.DINO.HIDDEN_DIM",
         dino.HIDDEN_DIM,
-        dino.HIDDEN_DIM % 32 == 0,
-        "a multiple of 32 (the GroupNorm groups of the input projections)",
+        dino.HIDDEN_DIM % DINO_GROUP_NORM_GROUPS == 0,
+        f"a multiple of {DINO_GROUP_NORM_GROUPS} (the GroupNorm groups of the input projections)",
     )
     _require(
         "MODEL.DINO.POSITION_EMBEDDING_TEMPERATURE",

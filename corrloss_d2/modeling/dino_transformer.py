@@ -19,6 +19,7 @@ from ..layers import MultiScaleDeformableAttention
 __all__ = [
     "DINOTransformer",
     "EncoderFeatures",
+    "TransformerOutput",
     "MLP",
     "box_sine_embedding",
     "inverse_sigmoid",
@@ -180,14 +181,19 @@ class TransformerOutput(NamedTuple):
     decoder_boxes: List[torch.Tensor]
 
 
-def _grid_centers(height: int, width: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(H·W,) x and y of the pixel centres of an H×W map, row-major."""
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=device, dtype=torch.float32) + 0.5,
-        torch.arange(width, device=device, dtype=torch.float32) + 0.5,
-        indexing="ij",
-    )
-    return xs.flatten(), ys.flatten()
+def normalized_pixel_centers(inputs: EncoderFeatures) -> torch.Tensor:
+    """(B, S, 2) the (x, y) of every position's pixel centre, ``(i + 0.5)`` divided by the
+    unpadded width / height of its level in its image."""
+    centers = []
+    for level, (height, width) in enumerate(inputs.spatial_shapes.tolist()):
+        ys, xs = torch.meshgrid(
+            torch.arange(height, device=inputs.source.device, dtype=torch.float32) + 0.5,
+            torch.arange(width, device=inputs.source.device, dtype=torch.float32) + 0.5,
+            indexing="ij",
+        )
+        valid_size = inputs.valid_ratios[:, level] * xs.new_tensor([width, height])  # (B, 2)
+        centers.append(torch.stack([xs.flatten(), ys.flatten()], dim=-1) / valid_size[:, None])
+    return torch.cat(centers, dim=1)
 
 
 class DINOTransformer(nn.Module):
@@ -245,14 +251,20 @@ class DINOTransformer(nn.Module):
         )
         self.reference_position_head = MLP(2 * hidden_dim, hidden_dim, hidden_dim, 2)
         self.decoder_norm = nn.LayerNorm(hidden_dim)
-        num_heads = 1 if share_layer_heads else num_decoder_layers
+        num_head_pairs = 1 if share_layer_heads else num_decoder_layers
         self.class_heads = nn.ModuleList(
-            nn.Linear(hidden_dim, num_classes) for _ in range(num_heads)
+            nn.Linear(hidden_dim, num_classes) for _ in range(num_head_pairs)
         )
-        self.box_heads = nn.ModuleList(MLP(hidden_dim, hidden_dim, 4, 3) for _ in range(num_heads))
+        self.box_heads = nn.ModuleList(
+            MLP(hidden_dim, hidden_dim, 4, 3) for _ in range(num_head_pairs)
+        )
         self.reset_parameters(prior_prob)
 
     def reset_parameters(self, prior_prob: float) -> None:
+        """As DINO: Xavier for the transformer's matrices (the learned content queries too), the
+        deformable attentions' own initialisation, a normal level embedding; the heads keep
+        PyTorch's default initialisation but for the prior-probability class bias and a zero
+        last box layer."""
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
@@ -260,11 +272,14 @@ class DINOTransformer(nn.Module):
             if isinstance(module, MultiScaleDeformableAttention):
                 module.reset_parameters()
         nn.init.normal_(self.level_embedding)
-        nn.init.normal_(self.query_content.weight)
         bias = -math.log((1 - prior_prob) / prior_prob)
-        for class_head, box_head in zip(
-            [self.encoder_class_head, *self.class_heads], [self.encoder_box_head, *self.box_heads]
-        ):
+        class_heads = [self.encoder_class_head, *self.class_heads]
+        box_heads = [self.encoder_box_head, *self.box_heads]
+        for head in class_heads + box_heads:
+            for layer in head.modules():
+                if isinstance(layer, nn.Linear):
+                    layer.reset_parameters()
+        for class_head, box_head in zip(class_heads, box_heads):
             nn.init.constant_(class_head.bias, bias)
             # Boxes start at their reference (the proposal, or the previous layer's box).
             nn.init.zeros_(box_head.layers[-1].weight)
@@ -296,7 +311,7 @@ class DINOTransformer(nn.Module):
                 for m in padding_masks
             ],
             dim=1,
-        ).float()  # unpadded columns of the first row, rows of the first column
+        )  # unpadded columns of the first row, rows of the first column
         position = torch.cat(
             [
                 (p.flatten(2).transpose(1, 2) + self.level_embedding[level])
@@ -315,20 +330,7 @@ class DINOTransformer(nn.Module):
     def encoder_reference_points(self, inputs: EncoderFeatures) -> torch.Tensor:
         """(B, S, L, 2): each position's pixel centre, normalised by its level's unpadded size,
         as seen from every level (scaled by that level's valid ratio)."""
-        points = []
-        for level, (height, width) in enumerate(inputs.spatial_shapes.tolist()):
-            xs, ys = _grid_centers(height, width, inputs.source.device)
-            ratio = inputs.valid_ratios[:, level]  # (B, 2)
-            points.append(
-                torch.stack(
-                    [
-                        xs[None] / (ratio[:, None, 0] * width),
-                        ys[None] / (ratio[:, None, 1] * height),
-                    ],
-                    dim=-1,
-                )
-            )
-        return torch.cat(points, dim=1)[:, :, None] * inputs.valid_ratios[:, None]
+        return normalized_pixel_centers(inputs)[:, :, None] * inputs.valid_ratios[:, None]
 
     def encode(self, inputs: EncoderFeatures) -> torch.Tensor:
         """(B, S, d) memory."""
@@ -349,14 +351,12 @@ class DINOTransformer(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per position, the encoder's proposal: logits (B, S, K), unsigmoided boxes (B, S, 4)
         and valid (B, S) bool (not padding, a proposal inside (0.01, 0.99))."""
-        anchors = []
-        for level, (height, width) in enumerate(inputs.spatial_shapes.tolist()):
-            xs, ys = _grid_centers(height, width, memory.device)
-            valid_size = inputs.valid_ratios[:, level] * memory.new_tensor([width, height])
-            centers = torch.stack([xs, ys], dim=-1)[None] / valid_size[:, None]  # (B, H·W, 2)
-            sizes = torch.full_like(centers, 0.05 * 2.0**level)
-            anchors.append(torch.cat([centers, sizes], dim=-1))
-        anchors = torch.cat(anchors, dim=1)
+        centers = normalized_pixel_centers(inputs)
+        level_sizes = [0.05 * 2.0**level for level in range(len(inputs.spatial_shapes))]
+        sizes = torch.repeat_interleave(
+            centers.new_tensor(level_sizes), inputs.spatial_shapes.prod(dim=1)
+        )
+        anchors = torch.cat([centers, sizes[None, :, None].expand_as(centers)], dim=-1)
         valid = ((anchors > 0.01) & (anchors < 0.99)).all(-1) & ~inputs.padding_mask
         unsigmoided = torch.log(anchors / (1 - anchors)).masked_fill(~valid[..., None], 0.0)
         features = memory.masked_fill(~valid[..., None], 0.0)
@@ -377,9 +377,11 @@ class DINOTransformer(nn.Module):
                 "(INPUT.MIN_SIZE_TRAIN / MIN_SIZE_TEST)"
             )
         scores = logits.detach().max(-1).values.masked_fill(~valid, float("-inf"))
-        index = scores.topk(self.num_queries, dim=1).indices
-        gather = lambda t: t.gather(1, index[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
-        return gather(logits), gather(boxes)
+        index = scores.topk(self.num_queries, dim=1).indices[..., None]
+        return (
+            logits.gather(1, index.expand(-1, -1, logits.shape[-1])),
+            boxes.gather(1, index.expand(-1, -1, 4)),
+        )
 
     def decode(
         self,
@@ -411,9 +413,11 @@ class DINOTransformer(nn.Module):
                 inputs.padding_mask,
                 attention_mask,
             )
+            # As DINO: the next reference from the layer's output, the predictions (and the loss
+            # boxes) from its normalised output.
+            refined = (box_head(query) + inverse_sigmoid(reference)).sigmoid()
             hidden = self.decoder_norm(query)
             delta = box_head(hidden)
-            refined = (delta + inverse_sigmoid(reference)).sigmoid()
             all_boxes.append((delta + inverse_sigmoid(previous_undetached)).sigmoid())
             all_logits.append(class_head(hidden))
             previous_undetached, reference = refined, refined.detach()

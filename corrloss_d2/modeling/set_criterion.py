@@ -143,6 +143,7 @@ class SetCriterion(nn.Module):
         *,
         suffixes: Optional[Sequence[str]] = None,
         correlated: Optional[Sequence[bool]] = None,
+        normalizer: Optional[float] = None,
     ) -> Dict[str, torch.Tensor]:
         """
         Args:
@@ -151,12 +152,20 @@ class SetCriterion(nn.Module):
             image_whwh: (B, 4) width, height, width, height of each input image.
             suffixes: the name of each stage's losses and metrics (default ``_stage{i}``).
             correlated: whether each stage gets the Correlation Loss (default: all).
+            normalizer: :meth:`num_boxes_normalizer` when the caller already computed it (a
+                detector with further losses normalised by it), else computed here.
         Returns:
             ``loss_{cls,bbox,giou}{suffix}`` and, when its weight is > 0, ``loss_corr{suffix}``.
         """
         suffixes = suffixes or [f"_stage{i}" for i in range(len(outputs))]
         correlated = correlated or [True] * len(outputs)
-        normalizer = self.num_boxes_normalizer(targets, image_whwh.device)
+        if not len(suffixes) == len(correlated) == len(outputs):
+            raise ValueError(
+                f"{len(outputs)} stages need as many suffixes and correlated flags, got "
+                f"{len(suffixes)} and {len(correlated)}"
+            )
+        if normalizer is None:
+            normalizer = self.num_boxes_normalizer(targets, image_whwh.device)
         batch_targets = BatchTargets.cat(targets)
         losses = {}
         for stage, (output, suffix, with_correlation) in enumerate(

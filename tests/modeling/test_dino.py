@@ -328,6 +328,54 @@ def test_shared_layer_heads_and_images_of_different_sizes():
         assert boxes[:, 0::2].max() <= width and boxes[:, 1::2].max() <= height
 
 
+def test_look_forward_twice_reaches_the_previous_layer_box_head_only_through_the_loss_box():
+    """A layer's loss box starts from the previous layer's undetached box, so its loss trains the
+    previous layer's box head; the references the layers attend with are detached, so the first
+    layer's loss does not train the second layer's head."""
+    model = tiny_model("CorrDINO").train()
+    images = model.preprocess_image(synthetic_batch(1))
+    first, second = model.transformer.box_heads
+    for layer, trained, untouched in ((1, first, None), (0, None, second)):
+        model.zero_grad()
+        inputs = model.transformer.flatten_levels(*model.multi_level_features(images))
+        output = model.transformer(inputs)
+        output.decoder_boxes[layer].sum().backward()
+        if trained is not None:
+            assert trained.layers[-1].weight.grad.abs().sum() > 0
+        if untouched is not None:
+            assert all(p.grad is None or not p.grad.any() for p in untouched.parameters())
+
+
+def test_padding_gives_valid_ratios_reference_points_and_no_padded_proposal():
+    """An image of 64x80 beside one of 96x112: its maps are padded; the valid ratios are its
+    unpadded fraction, its pixel centres are normalised by its own size, and padded positions
+    never become proposals."""
+    model = tiny_model("CorrDINO").eval()
+    small, large = synthetic_batch(1, size=64)[0], synthetic_batch(1, size=96)[0]
+    images = model.preprocess_image([small, large])
+    features, masks, positions = model.multi_level_features(images)
+    inputs = model.transformer.flatten_levels(features, masks, positions)
+    for level, mask in enumerate(masks):
+        height, width = mask.shape[1:]
+        valid_height, valid_width = (~mask[0, :, 0]).sum(), (~mask[0, 0, :]).sum()
+        assert valid_width <= width and valid_height <= height and not mask[1].any()
+        if level == 0:  # the coarsest levels may round the padding away
+            assert valid_width < width and valid_height < height
+        expected = torch.stack([valid_width / width, valid_height / height]).float()
+        torch.testing.assert_close(inputs.valid_ratios[0, level], expected)
+        torch.testing.assert_close(inputs.valid_ratios[1, level], torch.ones(2))
+    points = model.transformer.encoder_reference_points(inputs)  # (B, S, L, 2)
+    first_level = masks[0].shape[1] * masks[0].shape[2]
+    valid_width = int((~masks[0][0, 0, :]).sum())
+    # Pixel (row 0, column valid_width - 1) of level 0 is the small image's last unpadded column:
+    # its centre is 1 - 0.5 / valid_width of the image's width, times the ratio of each level.
+    x = points[0, valid_width - 1, :, 0]
+    torch.testing.assert_close(x, (1 - 0.5 / valid_width) * inputs.valid_ratios[0, :, 0])
+    memory = model.transformer.encode(inputs)
+    _, _, valid = model.transformer.proposals(memory, inputs)
+    assert not (valid & inputs.padding_mask).any() and valid[0, :first_level].any()
+
+
 @pytest.mark.parametrize(
     "opts,error,message",
     [
@@ -335,6 +383,7 @@ def test_shared_layer_heads_and_images_of_different_sizes():
         (["MODEL.DINO.NUM_FEATURE_LEVELS", 2], ValueError, r"NUM_FEATURE_LEVELS = 2 is fewer"),
         (["MODEL.DINO.HIDDEN_DIM", 48], ValueError, r"HIDDEN_DIM = 48.*multiple of 32"),
         (["MODEL.DINO.IN_FEATURES", ["res3", "p9"]], ValueError, r"IN_FEATURES.*\['p9'\]"),
+        (["MODEL.DINO.IN_FEATURES", []], ValueError, r"IN_FEATURES = \[\] .*at least one"),
     ],
 )
 def test_inconsistent_config_is_named_at_build(opts, error, message):

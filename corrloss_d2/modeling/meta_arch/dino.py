@@ -18,20 +18,19 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import box_convert
 
+from ...config import DINO_GROUP_NORM_GROUPS
 from ...errors import ConfigError
 from ...losses import normalized_box_coordinates
 from ..backbone import backbone_feature_shapes
 from ..classification_loss import ClassificationLoss
 from ..correlation_loss import CorrelationLoss
 from ..denoising import DenoisingQueries, contrastive_denoising_queries
-from ..dino_transformer import DINOTransformer
+from ..dino_transformer import DINOTransformer, TransformerOutput
 from ..set_criterion import BatchTargets, SetCriterion
 from ..set_prediction import SetPrediction, top_k_detections
 from .build import check_model_config, check_query_detector_grouping
 
 __all__ = ["CorrDINO"]
-
-GROUP_NORM_GROUPS = 32  # of the input projections, as DINO
 
 
 def _cxcywh_to_pixel_xyxy(boxes: torch.Tensor, image_whwh: torch.Tensor) -> torch.Tensor:
@@ -106,7 +105,8 @@ class CorrDINO(nn.Module):
             projections.append(nn.Conv2d(extra_in, hidden_dim, kernel_size=3, stride=2, padding=1))
             extra_in = hidden_dim
         self.input_projections = nn.ModuleList(
-            nn.Sequential(conv, nn.GroupNorm(GROUP_NORM_GROUPS, hidden_dim)) for conv in projections
+            nn.Sequential(conv, nn.GroupNorm(DINO_GROUP_NORM_GROUPS, hidden_dim))
+            for conv in projections
         )
         for projection in self.input_projections:
             nn.init.xavier_uniform_(projection[0].weight, gain=1)
@@ -265,7 +265,7 @@ class CorrDINO(nn.Module):
 
     def losses(
         self,
-        output,
+        output: TransformerOutput,
         denoising: Optional[DenoisingQueries],
         targets: List[Instances],
         image_whwh: torch.Tensor,
@@ -282,10 +282,12 @@ class CorrDINO(nn.Module):
         matching = [
             SetPrediction(p.logits[:, num_denoising:], p.boxes[:, num_denoising:]) for p in layers
         ]
+        normalizer = self.criterion.num_boxes_normalizer(targets, image_whwh.device)
         losses = self.criterion(
             [encoder] + matching,
             targets,
             image_whwh,
+            normalizer=normalizer,
             suffixes=["_enc"] + [f"_layer{i}" for i in range(len(layers))],
             correlated=[False] + [True] * len(layers),
         )
@@ -296,7 +298,6 @@ class CorrDINO(nn.Module):
             zero = self.label_embedding.weight.sum() * 0.0
             losses.update({f"loss_{n}{s}": zero for n in ("cls", "bbox", "giou") for s in suffixes})
             return losses
-        normalizer = self.criterion.num_boxes_normalizer(targets, image_whwh.device)
         batch_targets = BatchTargets.cat(targets)
         for prediction, suffix in zip(layers, suffixes):
             losses.update(

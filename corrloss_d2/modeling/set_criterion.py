@@ -28,7 +28,7 @@ from .classification_loss import ClassificationLoss
 from .correlation_loss import CorrelationLoss, matched_box_iou
 from .set_prediction import SetPrediction
 
-__all__ = ["BatchTargets", "SetCriterion"]
+__all__ = ["BatchTargets", "SetCriterion", "set_criterion_from_config"]
 
 
 class BatchTargets(NamedTuple):
@@ -289,3 +289,33 @@ class SetCriterion(nn.Module):
             )
         )
         return losses
+
+
+def set_criterion_from_config(
+    cfg, node: str, *, l1_box_format: str, divergence_hint: str
+) -> SetCriterion:
+    """The :class:`SetCriterion` of a query detector from the keys its config node ``node``
+    ("SPARSE_RCNN" or "DINO" of cfg.MODEL) shares with the other (class count, loss and cost
+    weights, focal α/γ, ONE_TO_MANY_K, PRIME_SAMPLE_TAU), MODEL.CLS_LOSS and MODEL.CORR_LOSS
+    (one ρ per stage over the batch unless GROUP_BY says otherwise)."""
+    keys = cfg.MODEL[node]
+    return SetCriterion(
+        num_classes=keys.NUM_CLASSES,
+        classification_loss=ClassificationLoss(
+            cfg, focal_alpha=keys.FOCAL_LOSS_ALPHA, focal_gamma=keys.FOCAL_LOSS_GAMMA
+        ),
+        correlation_loss=CorrelationLoss(cfg, default_group_by="batch"),
+        class_weight=keys.CLASS_WEIGHT,
+        l1_weight=keys.L1_WEIGHT,
+        giou_weight=keys.GIOU_WEIGHT,
+        cost_class_weight=keys.COST_CLASS_WEIGHT,
+        cost_l1_weight=keys.COST_L1_WEIGHT,
+        cost_giou_weight=keys.COST_GIOU_WEIGHT,
+        focal_alpha=keys.FOCAL_LOSS_ALPHA,
+        focal_gamma=keys.FOCAL_LOSS_GAMMA,
+        one_to_many_k=keys.ONE_TO_MANY_K,
+        prime_sample_tau=keys.PRIME_SAMPLE_TAU,
+        quality_alpha=cfg.MODEL.CLS_LOSS.IA_BCE_ALPHA,
+        l1_box_format=l1_box_format,
+        divergence_hint=divergence_hint,
+    )

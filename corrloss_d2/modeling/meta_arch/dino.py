@@ -22,12 +22,10 @@ from ...config import DINO_GROUP_NORM_GROUPS
 from ...errors import ConfigError
 from ...losses import normalized_box_coordinates
 from ..backbone import backbone_feature_shapes
-from ..classification_loss import ClassificationLoss
-from ..correlation_loss import CorrelationLoss
 from ..denoising import DenoisingQueries, contrastive_denoising_queries
 from ..dino_transformer import DINOTransformer, TransformerOutput
-from ..set_criterion import BatchTargets, SetCriterion
-from ..set_prediction import SetPrediction, top_k_detections
+from ..set_criterion import BatchTargets, SetCriterion, set_criterion_from_config
+from ..set_prediction import SetPrediction, SetPredictionDetector
 from .build import check_model_config, check_query_detector_grouping
 
 __all__ = ["CorrDINO"]
@@ -39,7 +37,7 @@ def _cxcywh_to_pixel_xyxy(boxes: torch.Tensor, image_whwh: torch.Tensor) -> torc
 
 
 @META_ARCH_REGISTRY.register()
-class CorrDINO(nn.Module):
+class CorrDINO(SetPredictionDetector):
     """DINO with a detectron2 backbone: its features (e.g. ResNet C3–C5) plus strided 3×3
     convolutions for the further levels, projected to d channels with GroupNorm; sine position
     embeddings plus a learned level embedding; the deformable transformer
@@ -88,16 +86,19 @@ class CorrDINO(nn.Module):
             max_detections_per_image: k of the inference top-k.
             pixel_mean, pixel_std: input normalisation, as in detectron2's detectors.
         """
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(
+            backbone=backbone,
+            criterion=criterion,
+            max_detections_per_image=max_detections_per_image,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+        )
         self.in_features = list(in_features)
         self.transformer = transformer
-        self.criterion = criterion
         self.num_classes = num_classes
         self.dn_number = dn_number
         self.dn_label_noise_ratio = dn_label_noise_ratio
         self.dn_box_noise_scale = dn_box_noise_scale
-        self.max_detections_per_image = max_detections_per_image
         hidden_dim = transformer.hidden_dim
         projections = [nn.Conv2d(c, hidden_dim, kernel_size=1) for c in in_channels]
         extra_in = in_channels[-1]
@@ -112,8 +113,6 @@ class CorrDINO(nn.Module):
             nn.init.xavier_uniform_(projection[0].weight, gain=1)
             nn.init.zeros_(projection[0].bias)
         self.label_embedding = nn.Embedding(num_classes, hidden_dim)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
     def from_config(cls, cfg):
@@ -144,23 +143,9 @@ class CorrDINO(nn.Module):
             position_temperature=dino.POSITION_EMBEDDING_TEMPERATURE,
             position_offset=dino.POSITION_EMBEDDING_OFFSET,
         )
-        criterion = SetCriterion(
-            num_classes=dino.NUM_CLASSES,
-            classification_loss=ClassificationLoss(
-                cfg, focal_alpha=dino.FOCAL_LOSS_ALPHA, focal_gamma=dino.FOCAL_LOSS_GAMMA
-            ),
-            correlation_loss=CorrelationLoss(cfg, default_group_by="batch"),
-            class_weight=dino.CLASS_WEIGHT,
-            l1_weight=dino.L1_WEIGHT,
-            giou_weight=dino.GIOU_WEIGHT,
-            cost_class_weight=dino.COST_CLASS_WEIGHT,
-            cost_l1_weight=dino.COST_L1_WEIGHT,
-            cost_giou_weight=dino.COST_GIOU_WEIGHT,
-            focal_alpha=dino.FOCAL_LOSS_ALPHA,
-            focal_gamma=dino.FOCAL_LOSS_GAMMA,
-            one_to_many_k=dino.ONE_TO_MANY_K,
-            prime_sample_tau=dino.PRIME_SAMPLE_TAU,
-            quality_alpha=cfg.MODEL.CLS_LOSS.IA_BCE_ALPHA,
+        criterion = set_criterion_from_config(
+            cfg,
+            "DINO",
             l1_box_format="cxcywh",
             divergence_hint="Lower SOLVER.BASE_LR (DINO: 1e-4 at batch 16) or keep "
             "SOLVER.CLIP_GRADIENTS enabled (DINO: full_model, 0.1).",
@@ -179,21 +164,6 @@ class CorrDINO(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    @property
-    def correlation_loss(self) -> CorrelationLoss:
-        """The module every decoder layer's Correlation Loss goes through."""
-        return self.criterion.correlation_loss
-
-    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        images = [
-            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
-        ]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
     def multi_level_features(
         self, images: ImageList
@@ -221,9 +191,7 @@ class CorrDINO(nn.Module):
     def forward(self, batched_inputs: List[Dict]):
         """Training: dict of losses. Inference: ``[{"instances": Instances}]`` per image."""
         images = self.preprocess_image(batched_inputs)
-        image_whwh = torch.tensor(
-            [[w, h, w, h] for h, w in images.image_sizes], dtype=torch.float32, device=self.device
-        )
+        image_whwh = self.image_whwh(images)
         encoder_inputs = self.transformer.flatten_levels(*self.multi_level_features(images))
         if not self.training:
             output = self.transformer(encoder_inputs)
@@ -231,9 +199,7 @@ class CorrDINO(nn.Module):
                 output.decoder_logits[-1],
                 _cxcywh_to_pixel_xyxy(output.decoder_boxes[-1], image_whwh),
             )
-            return top_k_detections(
-                last, images.image_sizes, batched_inputs, self.max_detections_per_image
-            )
+            return self.detections(last, images, batched_inputs)
         targets = [x["instances"].to(self.device) for x in batched_inputs]
         denoising = self.denoising_queries(targets, image_whwh)
         if denoising is None:

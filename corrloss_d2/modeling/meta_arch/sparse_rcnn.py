@@ -13,15 +13,13 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.poolers import ROIPooler
-from detectron2.structures import Boxes, ImageList
+from detectron2.structures import Boxes
 from torch import nn
 
 from ...errors import ConfigError
 from ..backbone import backbone_feature_shapes
-from ..classification_loss import ClassificationLoss
-from ..correlation_loss import CorrelationLoss
-from ..set_criterion import SetCriterion
-from ..set_prediction import SetPrediction, top_k_detections
+from ..set_criterion import SetCriterion, set_criterion_from_config
+from ..set_prediction import SetPrediction, SetPredictionDetector
 from ..sparse_rcnn_head import BOX_DELTA_WEIGHTS, SparseRCNNStage
 from .build import check_model_config, check_query_detector_grouping
 
@@ -29,7 +27,7 @@ __all__ = ["CorrSparseRCNN"]
 
 
 @META_ARCH_REGISTRY.register()
-class CorrSparseRCNN(nn.Module):
+class CorrSparseRCNN(SetPredictionDetector):
     """Sparse R-CNN: N learnable proposal boxes (normalised cxcywh, initialised to the whole
     image) and features refined by ``len(stages)`` heads on RoIAlign features of FPN P2–P5; the
     last stage's top-k (proposal, class) pairs are the detections, no NMS. Trained with
@@ -66,19 +64,20 @@ class CorrSparseRCNN(nn.Module):
             max_detections_per_image: k of the inference top-k.
             pixel_mean, pixel_std: input normalisation, as in detectron2's detectors.
         """
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(
+            backbone=backbone,
+            criterion=criterion,
+            max_detections_per_image=max_detections_per_image,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+        )
         self.in_features = list(in_features)
         self.pooler = pooler
         self.stages = nn.ModuleList(stages)
-        self.criterion = criterion
-        self.max_detections_per_image = max_detections_per_image
         self.proposal_boxes = nn.Embedding(num_proposals, 4)
         nn.init.constant_(self.proposal_boxes.weight[:, :2], 0.5)
         nn.init.constant_(self.proposal_boxes.weight[:, 2:], 1.0)
         self.proposal_features = nn.Embedding(num_proposals, hidden_dim)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
     def from_config(cls, cfg):
@@ -121,23 +120,10 @@ class CorrSparseRCNN(nn.Module):
             )
             for _ in range(sparse.NUM_STAGES)
         ]
-        criterion = SetCriterion(
-            num_classes=sparse.NUM_CLASSES,
-            classification_loss=ClassificationLoss(
-                cfg, focal_alpha=sparse.FOCAL_LOSS_ALPHA, focal_gamma=sparse.FOCAL_LOSS_GAMMA
-            ),
-            correlation_loss=CorrelationLoss(cfg, default_group_by="batch"),
-            class_weight=sparse.CLASS_WEIGHT,
-            l1_weight=sparse.L1_WEIGHT,
-            giou_weight=sparse.GIOU_WEIGHT,
-            cost_class_weight=sparse.COST_CLASS_WEIGHT,
-            cost_l1_weight=sparse.COST_L1_WEIGHT,
-            cost_giou_weight=sparse.COST_GIOU_WEIGHT,
-            focal_alpha=sparse.FOCAL_LOSS_ALPHA,
-            focal_gamma=sparse.FOCAL_LOSS_GAMMA,
-            one_to_many_k=sparse.ONE_TO_MANY_K,
-            prime_sample_tau=sparse.PRIME_SAMPLE_TAU,
-            quality_alpha=cfg.MODEL.CLS_LOSS.IA_BCE_ALPHA,
+        criterion = set_criterion_from_config(
+            cfg,
+            "SPARSE_RCNN",
+            l1_box_format="xyxy",
             divergence_hint="Lower SOLVER.BASE_LR (Sparse R-CNN: 2.5e-5 at batch 16, scaled "
             "with the batch) or keep SOLVER.CLIP_GRADIENTS enabled.",
         )
@@ -154,36 +140,17 @@ class CorrSparseRCNN(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
 
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    @property
-    def correlation_loss(self) -> CorrelationLoss:
-        """The module every stage's Correlation Loss goes through."""
-        return self.criterion.correlation_loss
-
-    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        images = [
-            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
-        ]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
-
     def forward(self, batched_inputs: List[Dict]):
         """Training: dict of losses. Inference: ``[{"instances": Instances}]`` per image."""
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         features = [features[f] for f in self.in_features]
-        image_whwh = torch.tensor(
-            [[w, h, w, h] for h, w in images.image_sizes], dtype=torch.float32, device=self.device
-        )
+        image_whwh = self.image_whwh(images)
         outputs = self.refine(features, image_whwh)
         if self.training:
             targets = [x["instances"].to(self.device) for x in batched_inputs]
             return self.criterion(outputs, targets, image_whwh)
-        return top_k_detections(
-            outputs[-1], images.image_sizes, batched_inputs, self.max_detections_per_image
-        )
+        return self.detections(outputs[-1], images, batched_inputs)
 
     def initial_boxes(self, image_whwh: torch.Tensor) -> torch.Tensor:
         """(B, N, 4) the learnable proposals, normalised cxcywh, in each image's pixels."""

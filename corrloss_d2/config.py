@@ -25,6 +25,7 @@ GROUP_BY_CHOICES = ("auto",) + GROUPINGS  # "auto": the meta-architecture's pape
 OPTIMIZERS = ("SGD", "ADAMW")
 CLIP_TYPES = ("value", "norm", "full_model")  # detectron2's two, and one norm over all parameters
 TRAIN_AUGMENTATIONS = ("detectron2", "sparse_rcnn")
+HEAD_NORMS = ("GN", "BN", "SyncBN", "")  # of the FCOS and ATSS towers
 DINO_GROUP_NORM_GROUPS = 32  # of DINO's input projections
 
 
@@ -75,18 +76,7 @@ def add_corrloss_config(cfg: CN) -> None:
     cfg.MODEL.CLS_LOSS.VFL_GAMMA = 2.0
 
     # FCOS (Tian et al. 2019) as detectron2 implements it, made yaml-configurable.
-    cfg.MODEL.FCOS = CN()
-    cfg.MODEL.FCOS.NUM_CLASSES = 80
-    # Backbone features the head runs on (build_fcos_resnet_fpn_backbone gives p3..p7).
-    cfg.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
-    # Convolutions in each of the classification and box towers.
-    cfg.MODEL.FCOS.NUM_CONVS = 4
-    # Normalisation in the towers: "GN" (the FCOS recipe), "BN", "SyncBN" or "" for none.
-    cfg.MODEL.FCOS.HEAD_NORM = "GN"
-    # Initial foreground probability of the classification bias.
-    cfg.MODEL.FCOS.PRIOR_PROB = 0.01
-    cfg.MODEL.FCOS.FOCAL_LOSS_ALPHA = 0.25
-    cfg.MODEL.FCOS.FOCAL_LOSS_GAMMA = 2.0
+    cfg.MODEL.FCOS = _dense_head_node()
     # Points within RADIUS · stride of a box centre (and inside the box) are positives.
     cfg.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5
     # Inference: score threshold, candidates per level before NMS, NMS IoU threshold.
@@ -96,18 +86,7 @@ def add_corrloss_config(cfg: CN) -> None:
 
     # ATSS (Zhang et al. 2020) as released (mmdetection's atss_r50_fpn_1x_coco.py): one square
     # anchor per location assigned by adaptive training sample selection, FCOS-style head.
-    cfg.MODEL.ATSS = CN()
-    cfg.MODEL.ATSS.NUM_CLASSES = 80
-    # Backbone features the head runs on (build_fcos_resnet_fpn_backbone gives p3..p7).
-    cfg.MODEL.ATSS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
-    # Convolutions in each of the classification and box towers.
-    cfg.MODEL.ATSS.NUM_CONVS = 4
-    # Normalisation in the towers: "GN" (released), "BN", "SyncBN" or "" for none.
-    cfg.MODEL.ATSS.HEAD_NORM = "GN"
-    # Initial foreground probability of the classification bias.
-    cfg.MODEL.ATSS.PRIOR_PROB = 0.01
-    cfg.MODEL.ATSS.FOCAL_LOSS_ALPHA = 0.25
-    cfg.MODEL.ATSS.FOCAL_LOSS_GAMMA = 2.0
+    cfg.MODEL.ATSS = _dense_head_node()
     # Anchor side in strides (released: octave_base_scale 8, one scale, aspect ratio 1). The
     # anchor centres follow MODEL.ANCHOR_GENERATOR.OFFSET (0.0, as released).
     cfg.MODEL.ATSS.ANCHOR_SCALE = 8.0
@@ -149,26 +128,7 @@ def add_corrloss_config(cfg: CN) -> None:
     # Linear+LayerNorm+ReLU layers before the class logits and before the box deltas.
     cfg.MODEL.SPARSE_RCNN.NUM_CLS_LAYERS = 1
     cfg.MODEL.SPARSE_RCNN.NUM_REG_LAYERS = 3
-    # Initial foreground probability of the classification bias.
-    cfg.MODEL.SPARSE_RCNN.PRIOR_PROB = 0.01
-    # Loss weights of the classification, L1 (image-normalised boxes) and GIoU terms.
-    cfg.MODEL.SPARSE_RCNN.CLASS_WEIGHT = 2.0
-    cfg.MODEL.SPARSE_RCNN.L1_WEIGHT = 5.0
-    cfg.MODEL.SPARSE_RCNN.GIOU_WEIGHT = 2.0
-    # Weights of the focal class, L1 and GIoU terms of the Hungarian matching cost (Sparse R-CNN
-    # uses the loss weights; Align-DETR's DINO matches with class weight 2 but weighs its loss 1).
-    cfg.MODEL.SPARSE_RCNN.COST_CLASS_WEIGHT = 2.0
-    cfg.MODEL.SPARSE_RCNN.COST_L1_WEIGHT = 5.0
-    cfg.MODEL.SPARSE_RCNN.COST_GIOU_WEIGHT = 2.0
-    cfg.MODEL.SPARSE_RCNN.FOCAL_LOSS_ALPHA = 0.25
-    cfg.MODEL.SPARSE_RCNN.FOCAL_LOSS_GAMMA = 2.0
-    # Align-DETR's mixed matching: intermediate stages match each ground truth to k queries
-    # (k capped at floor(0.5 * NUM_PROPOSALS / #gt), at least 1), the last stage one-to-one.
-    # 0 = one-to-one everywhere (Sparse R-CNN).
-    cfg.MODEL.SPARSE_RCNN.ONE_TO_MANY_K = 0
-    # Align-DETR's prime-sample weights exp(-rank / TAU) within each ground truth's group of
-    # queries; they scale the IA-BCE target and the L1/GIoU terms. 0 = off.
-    cfg.MODEL.SPARSE_RCNN.PRIME_SAMPLE_TAU = 1.5
+    _add_set_matching_keys(cfg.MODEL.SPARSE_RCNN, class_weight=2.0)
 
     # DINO (Zhang et al. 2023): deformable encoder and decoder, two-stage query selection,
     # contrastive denoising, Hungarian matching, NMS-free. Defaults: the released DINO-4scale
@@ -206,26 +166,9 @@ def add_corrloss_config(cfg: CN) -> None:
     cfg.MODEL.DINO.DN_NUMBER = 100
     cfg.MODEL.DINO.DN_LABEL_NOISE_RATIO = 0.2
     cfg.MODEL.DINO.DN_BOX_NOISE_SCALE = 1.0
-    # Initial foreground probability of the classification biases.
-    cfg.MODEL.DINO.PRIOR_PROB = 0.01
-    # Loss weights of the classification, L1 (normalised cx, cy, w, h) and GIoU terms, on the
-    # encoder proposals, every decoder layer and the denoising queries alike.
-    cfg.MODEL.DINO.CLASS_WEIGHT = 1.0
-    cfg.MODEL.DINO.L1_WEIGHT = 5.0
-    cfg.MODEL.DINO.GIOU_WEIGHT = 2.0
-    # Weights of the focal class, L1 and GIoU terms of the Hungarian matching cost.
-    cfg.MODEL.DINO.COST_CLASS_WEIGHT = 2.0
-    cfg.MODEL.DINO.COST_L1_WEIGHT = 5.0
-    cfg.MODEL.DINO.COST_GIOU_WEIGHT = 2.0
-    cfg.MODEL.DINO.FOCAL_LOSS_ALPHA = 0.25
-    cfg.MODEL.DINO.FOCAL_LOSS_GAMMA = 2.0
-    # Align-DETR's mixed matching: the encoder proposals and every decoder layer but the last
-    # match each ground truth to k queries (capped at floor(0.5 * NUM_QUERIES / #gt), at least
-    # 1), the last layer one-to-one. 0 = one-to-one everywhere (DINO; Align-DETR: 2).
-    cfg.MODEL.DINO.ONE_TO_MANY_K = 0
-    # Align-DETR's prime-sample weights exp(-rank / TAU) within each ground truth's matched
-    # queries; they scale the IA-BCE target and the L1/GIoU terms. 0 = off.
-    cfg.MODEL.DINO.PRIME_SAMPLE_TAU = 1.5
+    # DINO's loss weights the encoder proposals, every decoder layer and the denoising queries
+    # alike; L1 compares normalised (cx, cy, w, h).
+    _add_set_matching_keys(cfg.MODEL.DINO, class_weight=1.0)
 
     # Optimiser built by train_net.py: "SGD" (detectron2's, the dense recipes) or "ADAMW" (Sparse
     # R-CNN: weight decay SOLVER.WEIGHT_DECAY). Gradient clipping follows SOLVER.CLIP_GRADIENTS,
@@ -247,6 +190,49 @@ def add_corrloss_config(cfg: CN) -> None:
     cfg.TEST.CORRELATION_EVAL.IOU_THRESHOLD = 0.5
     # The N of br_recall@N: how often the best-regressed candidate scores among its image's top N.
     cfg.TEST.CORRELATION_EVAL.BR_RECALL_TOP_N = [10, 100]
+
+
+def _dense_head_node() -> CN:
+    """The keys FCOS and ATSS heads share (the recipes' values)."""
+    node = CN()
+    node.NUM_CLASSES = 80
+    # Backbone features the head runs on (build_fcos_resnet_fpn_backbone gives p3..p7).
+    node.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Convolutions in each of the classification and box towers.
+    node.NUM_CONVS = 4
+    # Normalisation in the towers: "GN" (the recipes'), "BN", "SyncBN" or "" for none.
+    node.HEAD_NORM = "GN"
+    # Initial foreground probability of the classification bias.
+    node.PRIOR_PROB = 0.01
+    node.FOCAL_LOSS_ALPHA = 0.25
+    node.FOCAL_LOSS_GAMMA = 2.0
+    return node
+
+
+def _add_set_matching_keys(node: CN, *, class_weight: float) -> None:
+    """The matching and loss keys of the query-based detectors (MODEL.SPARSE_RCNN, MODEL.DINO),
+    which :func:`corrloss_d2.modeling.set_criterion.set_criterion_from_config` reads."""
+    # Initial foreground probability of the classification biases.
+    node.PRIOR_PROB = 0.01
+    # Loss weights of the classification, L1 (image-normalised boxes) and GIoU terms of every
+    # stage / decoder layer (Sparse R-CNN: 2, 5, 2; DINO: 1, 5, 2).
+    node.CLASS_WEIGHT = class_weight
+    node.L1_WEIGHT = 5.0
+    node.GIOU_WEIGHT = 2.0
+    # Weights of the focal class, L1 and GIoU terms of the Hungarian matching cost (Sparse R-CNN
+    # uses the loss weights; DINO and Align-DETR match with class weight 2 but weigh its loss 1).
+    node.COST_CLASS_WEIGHT = 2.0
+    node.COST_L1_WEIGHT = 5.0
+    node.COST_GIOU_WEIGHT = 2.0
+    node.FOCAL_LOSS_ALPHA = 0.25
+    node.FOCAL_LOSS_GAMMA = 2.0
+    # Align-DETR's mixed matching: every stage but the last (DINO: the encoder proposals too)
+    # matches each ground truth to k queries (capped at floor(0.5 * queries / #gt), at least 1),
+    # the last one-to-one. 0 = one-to-one everywhere (Sparse R-CNN, DINO; Align-DETR: 2).
+    node.ONE_TO_MANY_K = 0
+    # Align-DETR's prime-sample weights exp(-rank / TAU) within each ground truth's group of
+    # queries; they scale the IA-BCE target and the L1/GIoU terms. 0 = off.
+    node.PRIME_SAMPLE_TAU = 1.5
 
 
 def _require(key: str, value, ok: bool, allowed: str) -> None:
@@ -319,7 +305,7 @@ def validate_corrloss_config(cfg: CN) -> None:
         is_number(fcos.CENTER_SAMPLING_RADIUS) and fcos.CENTER_SAMPLING_RADIUS > 0,
         "a number > 0",
     )
-    _check_choice("MODEL.FCOS.HEAD_NORM", fcos.HEAD_NORM, ("GN", "BN", "SyncBN", ""))
+    _check_choice("MODEL.FCOS.HEAD_NORM", fcos.HEAD_NORM, HEAD_NORMS)
     _validate_atss(cfg.MODEL.ATSS)
     _validate_set_prediction(
         cfg.MODEL.SPARSE_RCNN,
@@ -384,7 +370,7 @@ def _validate_atss(atss) -> None:
             isinstance(atss[key], int) and atss[key] >= 1,
             "an integer >= 1",
         )
-    _check_choice("MODEL.ATSS.HEAD_NORM", atss.HEAD_NORM, ("GN", "BN", "SyncBN", ""))
+    _check_choice("MODEL.ATSS.HEAD_NORM", atss.HEAD_NORM, HEAD_NORMS)
     _require(
         "MODEL.ATSS.ANCHOR_SCALE",
         atss.ANCHOR_SCALE,

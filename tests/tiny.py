@@ -144,6 +144,20 @@ def synthetic_batch(num_images: int = 2, empty=(), size: int = 96, seed: int = 0
     return batch
 
 
+def three_boxes_and_an_empty_image():
+    """Targets of two 100x80 images, the first with 3 ground truths of classes 0, 1, 1, the second
+    without: ([Instances, Instances], image_whwh (2, 4)), for the criteria's reference tests."""
+    gt = Instances(
+        (80, 100),
+        gt_boxes=Boxes(torch.tensor([[10.0, 10, 40, 50], [50, 20, 90, 70], [30, 5, 60, 30]])),
+        gt_classes=torch.tensor([0, 1, 1]),
+    )
+    empty = Instances(
+        (80, 100), gt_boxes=Boxes(torch.zeros(0, 4)), gt_classes=torch.zeros(0, dtype=torch.int64)
+    )
+    return [gt, empty], torch.tensor([[100.0, 80, 100, 80]] * 2)
+
+
 def copypaste_box_ap(log: str) -> float:
     """The box AP that detectron2's evaluation printed in a train_net.py output (its
     ``copypaste: AP,AP50,...`` table)."""

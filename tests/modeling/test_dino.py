@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torchvision.ops import box_convert, box_iou
 
@@ -16,7 +15,7 @@ from corrloss_d2.modeling.denoising import (
 )
 from corrloss_d2.modeling.dino_transformer import TransformerOutput
 from tests.references import reference_set_losses
-from tests.tiny import synthetic_batch, tiny_model
+from tests.tiny import synthetic_batch, three_boxes_and_an_empty_image, tiny_model
 
 LOSS_WEIGHTS = {"cls": 1.0, "bbox": 5.0, "giou": 2.0}
 COST_WEIGHTS = {"cls": 2.0, "bbox": 5.0, "giou": 2.0}
@@ -130,15 +129,7 @@ def fixed_dino_case(num_classes=2, num_queries=4, layers=2, seed=0):
     output of random logits and boxes for the encoder and ``layers`` decoder layers, with the
     denoising queries of DN_NUMBER 6 (2 groups of 2·3)."""
     gen = torch.Generator().manual_seed(seed)
-    gt = Instances(
-        (80, 100),
-        gt_boxes=Boxes(torch.tensor([[10.0, 10, 40, 50], [50, 20, 90, 70], [30, 5, 60, 30]])),
-        gt_classes=torch.tensor([0, 1, 1]),
-    )
-    empty = Instances(
-        (80, 100), gt_boxes=Boxes(torch.zeros(0, 4)), gt_classes=torch.zeros(0, dtype=torch.int64)
-    )
-    whwh = torch.tensor([[100.0, 80, 100, 80]] * 2)
+    targets, whwh = three_boxes_and_an_empty_image()
     model = tiny_model(
         "CorrDINO",
         "MODEL.DINO.NUM_CLASSES",
@@ -150,7 +141,7 @@ def fixed_dino_case(num_classes=2, num_queries=4, layers=2, seed=0):
         "MODEL.DINO.DN_NUMBER",
         6,
     )
-    denoising = model.denoising_queries([gt, empty], whwh)
+    denoising = model.denoising_queries(targets, whwh)
 
     def predictions(count):
         logits = torch.randn(2, count, num_classes, generator=gen)
@@ -164,7 +155,7 @@ def fixed_dino_case(num_classes=2, num_queries=4, layers=2, seed=0):
     output = TransformerOutput(
         encoder[0], encoder[1], [d[0] for d in decoder], [d[1] for d in decoder]
     )
-    return model, output, denoising, [gt, empty], whwh
+    return model, output, denoising, targets, whwh
 
 
 def reference_losses(logits, boxes, gt, whwh, **kwargs):

@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from corrloss_d2.modeling import ClassificationLoss, CorrelationLoss, set_criterion
 from corrloss_d2.modeling.set_criterion import SetCriterion
 from corrloss_d2.modeling.set_prediction import SetPrediction
 from tests.references import reference_set_losses
-from tests.tiny import synthetic_batch, tiny_model
+from tests.tiny import synthetic_batch, three_boxes_and_an_empty_image, tiny_model
 
 WEIGHTS = {"cls": 2.0, "bbox": 5.0, "giou": 2.0}
 
@@ -26,14 +25,7 @@ def sigmoid(x):
 def fixed_case(num_queries=4, num_classes=2, seed=0):
     """Two images of 100x80: the first with 3 ground truths, the second without; two stages."""
     gen = torch.Generator().manual_seed(seed)
-    gt = Instances(
-        (80, 100),
-        gt_boxes=Boxes(torch.tensor([[10.0, 10, 40, 50], [50, 20, 90, 70], [30, 5, 60, 30]])),
-        gt_classes=torch.tensor([0, 1, 1]),
-    )
-    empty = Instances(
-        (80, 100), gt_boxes=Boxes(torch.zeros(0, 4)), gt_classes=torch.zeros(0, dtype=torch.int64)
-    )
+    targets, whwh = three_boxes_and_an_empty_image()
     outputs = []
     for _ in range(2):
         logits = torch.randn(2, num_queries, num_classes, generator=gen, dtype=torch.float64)
@@ -42,8 +34,7 @@ def fixed_case(num_queries=4, num_classes=2, seed=0):
         outputs.append(
             SetPrediction(logits.requires_grad_(), torch.cat([xy, xy + wh], -1).requires_grad_())
         )
-    whwh = torch.tensor([[100.0, 80, 100, 80]] * 2)
-    return outputs, [gt, empty], whwh
+    return outputs, targets, whwh
 
 
 def reference_stage_losses(output, gt, whwh):

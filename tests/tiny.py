@@ -144,6 +144,22 @@ def synthetic_batch(num_images: int = 2, empty=(), size: int = 96, seed: int = 0
     return batch
 
 
+def assert_top_k_detections_at_requested_size(model, batch):
+    """An NMS-free tiny model (TEST.DETECTIONS_PER_IMAGE 50) in inference, asked for 48x56
+    outputs: exactly 50 detections per image, sorted by score, of the tiny classes, with boxes
+    inside the requested size."""
+    model.eval()
+    with torch.no_grad():
+        results = model([{**x, "height": 48, "width": 56} for x in batch])
+    for result in results:
+        instances = result["instances"]
+        assert len(instances) == 50 and instances.image_size == (48, 56)
+        assert torch.all(instances.scores[:-1] >= instances.scores[1:])
+        assert instances.pred_classes.max() < NUM_CLASSES
+        boxes = instances.pred_boxes.tensor
+        assert boxes[:, 0::2].max() <= 56 and boxes[:, 1::2].max() <= 48 and boxes.min() >= 0
+
+
 def three_boxes_and_an_empty_image():
     """Targets of two 100x80 images, the first with 3 ground truths of classes 0, 1, 1, the second
     without: ([Instances, Instances], image_whwh (2, 4)), for the criteria's reference tests."""

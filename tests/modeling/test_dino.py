@@ -15,7 +15,12 @@ from corrloss_d2.modeling.denoising import (
 )
 from corrloss_d2.modeling.dino_transformer import TransformerOutput
 from tests.references import reference_set_losses
-from tests.tiny import synthetic_batch, three_boxes_and_an_empty_image, tiny_model
+from tests.tiny import (
+    assert_top_k_detections_at_requested_size,
+    synthetic_batch,
+    three_boxes_and_an_empty_image,
+    tiny_model,
+)
 
 LOSS_WEIGHTS = {"cls": 1.0, "bbox": 5.0, "giou": 2.0}
 COST_WEIGHTS = {"cls": 2.0, "bbox": 5.0, "giou": 2.0}
@@ -278,15 +283,7 @@ def test_end_to_end_training_step_and_nms_free_inference(
     assert all(losses[f"loss_{n}_dn_layer1"] == 0 for n in ("cls", "bbox", "giou"))
     assert "label_embedding.weight" in grads and all(torch.isfinite(v) for v in losses.values())
 
-    model.eval()
-    with torch.no_grad():
-        results = model([{**x, "height": 48, "width": 56} for x in batch])
-    for result in results:
-        instances = result["instances"]
-        assert len(instances) == 50 and instances.image_size == (48, 56)
-        assert torch.all(instances.scores[:-1] >= instances.scores[1:])
-        boxes = instances.pred_boxes.tensor
-        assert boxes[:, 0::2].max() <= 56 and boxes[:, 1::2].max() <= 48 and boxes.min() >= 0
+    assert_top_k_detections_at_requested_size(model, batch)
 
 
 def test_correlation_term_reaches_no_box_head(losses_and_grads):

@@ -13,7 +13,12 @@ from corrloss_d2.modeling import ClassificationLoss, CorrelationLoss, set_criter
 from corrloss_d2.modeling.set_criterion import SetCriterion
 from corrloss_d2.modeling.set_prediction import SetPrediction
 from tests.references import reference_set_losses
-from tests.tiny import synthetic_batch, three_boxes_and_an_empty_image, tiny_model
+from tests.tiny import (
+    assert_top_k_detections_at_requested_size,
+    synthetic_batch,
+    three_boxes_and_an_empty_image,
+    tiny_model,
+)
 
 WEIGHTS = {"cls": 2.0, "bbox": 5.0, "giou": 2.0}
 
@@ -216,16 +221,7 @@ def test_end_to_end_training_step_and_nms_free_inference(
     missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in grads]
     assert not missing, f"parameters without gradient (DDP would fail): {missing}"
 
-    model.eval()
-    with torch.no_grad():
-        results = model([{**x, "height": 48, "width": 56} for x in batch])
-    for result in results:
-        instances = result["instances"]
-        assert len(instances) == 50 and instances.image_size == (48, 56)
-        assert torch.all(instances.scores[:-1] >= instances.scores[1:])
-        assert instances.pred_classes.max() < 3
-        boxes = instances.pred_boxes.tensor
-        assert boxes[:, 0::2].max() <= 56 and boxes[:, 1::2].max() <= 48 and boxes.min() >= 0
+    assert_top_k_detections_at_requested_size(model, batch)
 
 
 def test_correlation_term_reaches_only_the_classification_branch(losses_and_grads):

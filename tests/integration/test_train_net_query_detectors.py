@@ -130,7 +130,7 @@ def test_diverging_run_stops_with_floating_point_error_and_saves_no_nan_weights(
         CONFIG,
         *FAST,
         "SOLVER.BASE_LR",
-        "1.0",
+        "1000.0",
         "SOLVER.MAX_ITER",
         "20",
         "SOLVER.CHECKPOINT_PERIOD",

@@ -17,21 +17,24 @@ __all__ = [
     "load_corrloss_config",
     "is_number",
     "GROUPINGS",
+    "GROUP_REDUCTIONS",
 ]
 
 CLS_LOSS_TYPES = ("focal", "ia_bce", "qfl", "vfl")
 GROUPINGS = ("batch", "level", "image")  # what CorrelationLossHook accepts
 GROUP_BY_CHOICES = ("auto",) + GROUPINGS  # "auto": the meta-architecture's paper default
+GROUP_REDUCTIONS = ("mean", "sum")
+YOLACT_NMS_TYPES = ("fast", "standard")
 OPTIMIZERS = ("SGD", "ADAMW")
 CLIP_TYPES = ("value", "norm", "full_model")  # detectron2's two, and one norm over all parameters
-TRAIN_AUGMENTATIONS = ("detectron2", "sparse_rcnn")
+TRAIN_AUGMENTATIONS = ("detectron2", "sparse_rcnn", "yolact")
 HEAD_NORMS = ("GN", "BN", "SyncBN", "")  # of the FCOS and ATSS towers
 DINO_GROUP_NORM_GROUPS = 32  # of DINO's input projections
 
 
 def add_corrloss_config(cfg: CN) -> None:
     """Adds MODEL.CORR_LOSS, MODEL.CLS_LOSS, MODEL.FCOS, MODEL.ATSS, MODEL.SPARSE_RCNN,
-    MODEL.DINO and the optimiser and augmentation choices (SOLVER.OPTIMIZER,
+    MODEL.DINO, MODEL.YOLACT and the optimiser and augmentation choices (SOLVER.OPTIMIZER,
     SOLVER.BACKBONE_MULTIPLIER, INPUT.TRAIN_AUGMENTATION)
     and TEST.CORRELATION_EVAL to ``cfg`` in place (call before ``merge_from_file``). Idempotent."""
     if cfg.MODEL.get("CORR_LOSS") is not None:
@@ -50,6 +53,9 @@ def add_corrloss_config(cfg: CN) -> None:
     # level, averaged), "image" (per image, averaged) or "auto" (the paper's choice for the
     # meta-architecture: RetinaNet "level", FCOS and ATSS "batch").
     cfg.MODEL.CORR_LOSS.GROUP_BY = "auto"
+    # How the groups' terms combine: "mean" (1 − mean ρ), "sum" (Σ (1 − ρ), YOLACT's released
+    # per-image sum) or "auto" (the meta-architecture's: "sum" for YOLACT, "mean" otherwise).
+    cfg.MODEL.CORR_LOSS.GROUP_REDUCTION = "auto"
     # Groups with fewer positives than this are skipped (≥ 2: a correlation needs two samples).
     cfg.MODEL.CORR_LOSS.MIN_POSITIVES = 2
     # Pool the positives of all processes before computing ρ (off in the paper: one ρ per GPU).
@@ -170,6 +176,47 @@ def add_corrloss_config(cfg: CN) -> None:
     # alike; L1 compares normalised (cx, cy, w, h).
     _add_set_matching_keys(cfg.MODEL.DINO, class_weight=1.0)
 
+    # YOLACT (Bolya et al. 2019) as the Correlation Loss code releases it (fehmikahraman/CorrLoss
+    # configs/CorrLoss/yolact_r50_4x8_coco.py): RetinaNet-style anchors (MODEL.ANCHOR_GENERATOR)
+    # on P3-P7, a protonet on P3, masks = prototypes x per-detection coefficients.
+    cfg.MODEL.YOLACT = CN()
+    cfg.MODEL.YOLACT.NUM_CLASSES = 80
+    # Backbone features of the shared head; the first also feeds the protonet and the semantic
+    # segmentation branch (build_retinanet_resnet_fpn_backbone gives p3..p7).
+    cfg.MODEL.YOLACT.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Shared 3x3 convolutions before the class, box and coefficient predictors (released: 1).
+    cfg.MODEL.YOLACT.NUM_HEAD_CONVS = 1
+    # Prototype masks k (coefficients per anchor) and the width of the protonet's convolutions.
+    cfg.MODEL.YOLACT.NUM_PROTOTYPES = 32
+    cfg.MODEL.YOLACT.PROTONET_DIM = 256
+    # Anchor labels from IoU: < 0.4 background, >= 0.5 foreground (and each ground truth's best
+    # anchors), in between ignored.
+    cfg.MODEL.YOLACT.IOU_THRESHOLDS = [0.4, 0.5]
+    cfg.MODEL.YOLACT.IOU_LABELS = [0, -1, 1]
+    # Box deltas (dx, dy, dw, dh) scaled by these weights (released: stds 0.1, 0.1, 0.2, 0.2).
+    cfg.MODEL.YOLACT.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+    # Hard negatives kept per positive by the softmax classification loss (3:1).
+    cfg.MODEL.YOLACT.NEG_POS_RATIO = 3.0
+    # Smooth-L1 beta and weight of the box loss; weights of the mask and semantic losses.
+    cfg.MODEL.YOLACT.SMOOTH_L1_BETA = 1.0
+    cfg.MODEL.YOLACT.BOX_LOSS_WEIGHT = 1.5
+    cfg.MODEL.YOLACT.MASK_LOSS_WEIGHT = 6.125
+    cfg.MODEL.YOLACT.SEMANTIC_LOSS_WEIGHT = 1.0
+    # Positives per image whose masks are trained (a random subset beyond it).
+    cfg.MODEL.YOLACT.MAX_MASKS_TO_TRAIN = 100
+    # Masks are cropped to their box grown by this many prototype pixels.
+    cfg.MODEL.YOLACT.MASK_CROP_PADDING = 1.0
+    # Inference: candidates per level (by best foreground score) before NMS, score threshold,
+    # NMS IoU threshold, NMS "fast" (YOLACT's Fast NMS) or "standard" (greedy, per class), boxes
+    # per class Fast NMS considers, and the threshold of the mask probabilities.
+    # TEST.DETECTIONS_PER_IMAGE caps the output (released: 1000, 0.05, 0.5, fast, 200, 0.5, 100).
+    cfg.MODEL.YOLACT.TOPK_CANDIDATES_TEST = 1000
+    cfg.MODEL.YOLACT.SCORE_THRESH_TEST = 0.05
+    cfg.MODEL.YOLACT.NMS_THRESH_TEST = 0.5
+    cfg.MODEL.YOLACT.NMS_TYPE = "fast"
+    cfg.MODEL.YOLACT.NMS_TOP_K = 200
+    cfg.MODEL.YOLACT.MASK_THRESHOLD = 0.5
+
     # Optimiser built by train_net.py: "SGD" (detectron2's, the dense recipes) or "ADAMW" (Sparse
     # R-CNN: weight decay SOLVER.WEIGHT_DECAY). Gradient clipping follows SOLVER.CLIP_GRADIENTS,
     # whose CLIP_TYPE may also be "full_model": one norm over all parameters (Sparse R-CNN).
@@ -178,7 +225,9 @@ def add_corrloss_config(cfg: CN) -> None:
     cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0
     # Train-time augmentation: "detectron2" (DatasetMapper: optional INPUT.CROP, multi-scale resize,
     # flip) or "sparse_rcnn" (flip; with probability 0.5 a resize to 400-600 and an INPUT.CROP
-    # crop first; then the multi-scale resize of INPUT.MIN_SIZE_TRAIN).
+    # crop first; then the multi-scale resize of INPUT.MIN_SIZE_TRAIN) or "yolact" (photometric
+    # distortion, a MIN_SIZE_TRAIN[0] square resize ignoring the aspect ratio, flip; the test
+    # images are resized to a MIN_SIZE_TEST square).
     cfg.INPUT.TRAIN_AUGMENTATION = "detectron2"
 
     # Score-localisation correlation measures (corrloss_d2.evaluation.CorrelationEvaluator),
@@ -256,6 +305,9 @@ def validate_corrloss_config(cfg: CN) -> None:
     corr, cls, fcos = cfg.MODEL.CORR_LOSS, cfg.MODEL.CLS_LOSS, cfg.MODEL.FCOS
     _check_choice("MODEL.CORR_LOSS.TYPE", corr.TYPE, CORRELATION_KINDS)
     _check_choice("MODEL.CORR_LOSS.GROUP_BY", corr.GROUP_BY, GROUP_BY_CHOICES)
+    _check_choice(
+        "MODEL.CORR_LOSS.GROUP_REDUCTION", corr.GROUP_REDUCTION, ("auto",) + GROUP_REDUCTIONS
+    )
     _check_choice("MODEL.CLS_LOSS.TYPE", cls.TYPE, CLS_LOSS_TYPES)
     _require(
         "MODEL.CORR_LOSS.WEIGHT",
@@ -331,6 +383,7 @@ def validate_corrloss_config(cfg: CN) -> None:
         ),
     )
     _validate_dino(cfg.MODEL.DINO)
+    _validate_yolact(cfg.MODEL.YOLACT)
     _check_choice("SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, OPTIMIZERS)
     _require(
         "SOLVER.BACKBONE_MULTIPLIER",
@@ -362,6 +415,15 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _check_box_weights(key: str, weights) -> None:
+    _require(
+        key,
+        weights,
+        len(weights) == 4 and all(is_number(w) and w > 0 for w in weights),
+        "four numbers > 0",
+    )
+
+
 def _validate_atss(atss) -> None:
     for key in ("NUM_CLASSES", "NUM_CONVS", "TOPK"):
         _require(
@@ -379,13 +441,7 @@ def _validate_atss(atss) -> None:
     )
     for key in ("BOX_LOSS_WEIGHT", "CENTERNESS_LOSS_WEIGHT"):
         _require(f"MODEL.ATSS.{key}", atss[key], is_number(atss[key]) and atss[key] >= 0, ">= 0")
-    _require(
-        "MODEL.ATSS.BBOX_REG_WEIGHTS",
-        atss.BBOX_REG_WEIGHTS,
-        len(atss.BBOX_REG_WEIGHTS) == 4
-        and all(is_number(w) and w > 0 for w in atss.BBOX_REG_WEIGHTS),
-        "four numbers > 0",
-    )
+    _check_box_weights("MODEL.ATSS.BBOX_REG_WEIGHTS", atss.BBOX_REG_WEIGHTS)
 
 
 def _validate_set_prediction(node, prefix: str, architecture_counts: Sequence[str]) -> None:
@@ -472,6 +528,53 @@ def _validate_dino(dino) -> None:
         is_number(dino.DN_BOX_NOISE_SCALE) and dino.DN_BOX_NOISE_SCALE >= 0,
         "a number >= 0",
     )
+
+
+def _validate_yolact(yolact) -> None:
+    for key in (
+        "NUM_CLASSES",
+        "NUM_HEAD_CONVS",
+        "NUM_PROTOTYPES",
+        "PROTONET_DIM",
+        "MAX_MASKS_TO_TRAIN",
+        "TOPK_CANDIDATES_TEST",
+        "NMS_TOP_K",
+    ):
+        _require(
+            f"MODEL.YOLACT.{key}",
+            yolact[key],
+            isinstance(yolact[key], int) and yolact[key] >= 1,
+            "an integer >= 1",
+        )
+    _require(
+        "MODEL.YOLACT.IN_FEATURES",
+        yolact.IN_FEATURES,
+        len(yolact.IN_FEATURES) >= 1,
+        "a list of backbone features, the protonet's first (released: p3..p7)",
+    )
+    for key in (
+        "NEG_POS_RATIO",
+        "SMOOTH_L1_BETA",
+        "BOX_LOSS_WEIGHT",
+        "MASK_LOSS_WEIGHT",
+        "SEMANTIC_LOSS_WEIGHT",
+        "MASK_CROP_PADDING",
+    ):
+        _require(
+            f"MODEL.YOLACT.{key}",
+            yolact[key],
+            is_number(yolact[key]) and yolact[key] >= 0,
+            "a number >= 0",
+        )
+    for key in ("SCORE_THRESH_TEST", "NMS_THRESH_TEST", "MASK_THRESHOLD"):
+        _require(
+            f"MODEL.YOLACT.{key}",
+            yolact[key],
+            is_number(yolact[key]) and 0 <= yolact[key] <= 1,
+            "in [0, 1]",
+        )
+    _check_choice("MODEL.YOLACT.NMS_TYPE", yolact.NMS_TYPE, YOLACT_NMS_TYPES)
+    _check_box_weights("MODEL.YOLACT.BBOX_REG_WEIGHTS", yolact.BBOX_REG_WEIGHTS)
 
 
 # Why a value yacs rejects may be wrong (yacs raises ValueError only for a type mismatch).

@@ -7,7 +7,7 @@ import os
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import BitMasks, Boxes, Instances
 
 import corrloss_d2  # noqa: F401
 from corrloss_d2 import add_corrloss_config
@@ -36,6 +36,7 @@ BASES = {
     "CorrATSS": "Base-CorrATSS.yaml",
     "CorrSparseRCNN": "Base-CorrSparseRCNN.yaml",
     "CorrDINO": "Base-CorrDINO.yaml",
+    "CorrYOLACT": "Base-CorrYOLACT.yaml",
 }
 NUM_CLASSES = 3
 HEAD_OPTS = {
@@ -91,6 +92,19 @@ HEAD_OPTS = {
         "TEST.DETECTIONS_PER_IMAGE",
         50,
     ],
+    # 8 prototypes from a 32-wide protonet, one anchor size a level from 16 px.
+    "CorrYOLACT": [
+        "MODEL.YOLACT.NUM_CLASSES",
+        NUM_CLASSES,
+        "MODEL.YOLACT.NUM_PROTOTYPES",
+        8,
+        "MODEL.YOLACT.PROTONET_DIM",
+        32,
+        "MODEL.ANCHOR_GENERATOR.SIZES",
+        [[16], [32], [64], [128], [256]],
+        "TEST.DETECTIONS_PER_IMAGE",
+        50,
+    ],
 }
 
 
@@ -128,8 +142,20 @@ def tiny_model(arch: str, *opts, seed: int = 0):
     return build_model(tiny_cfg(arch, *opts))
 
 
+def ellipse_masks(boxes: torch.Tensor, height: int, width: int) -> BitMasks:
+    """The ellipses inscribed in ``boxes`` (N, 4), as (N, height, width) bit masks."""
+    rows = torch.arange(height, dtype=torch.float32)[:, None] + 0.5
+    cols = torch.arange(width, dtype=torch.float32)[None] + 0.5
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = ((boxes[:, 2:] - boxes[:, :2]) / 2).clamp(min=0.5)
+    x = (cols[None] - centre[:, 0, None, None]) / half[:, 0, None, None]
+    y = (rows[None] - centre[:, 1, None, None]) / half[:, 1, None, None]
+    return BitMasks(x**2 + y**2 <= 1)
+
+
 def synthetic_batch(num_images: int = 2, empty=(), size: int = 96, seed: int = 0):
-    """Images with 1-3 random boxes each; indices in ``empty`` get no boxes."""
+    """Images with 1-3 random boxes each and their inscribed ellipses as ``gt_masks``; indices
+    in ``empty`` get no boxes."""
     gen = torch.Generator().manual_seed(seed)
     batch = []
     for i in range(num_images):
@@ -140,6 +166,7 @@ def synthetic_batch(num_images: int = 2, empty=(), size: int = 96, seed: int = 0
         instances = Instances((size, size + 16))
         instances.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
         instances.gt_classes = torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+        instances.gt_masks = ellipse_masks(instances.gt_boxes.tensor, size, size + 16)
         batch.append({"image": image, "instances": instances, "height": size, "width": size + 16})
     return batch
 

@@ -17,6 +17,11 @@ __all__ = [
     "build_test_mapper",
 ]
 
+# YOLACT's photometric distortion as detectron2's multiplicative augmentations: brightness
+# ±32 of 255 (about ±12.5% at mid-grey), contrast and saturation x0.5 to x1.5.
+YOLACT_BRIGHTNESS = (0.875, 1.125)
+YOLACT_CONTRAST = (0.5, 1.5)
+YOLACT_SATURATION = (0.5, 1.5)
 # Sparse R-CNN (after DETR) resizes to one of these shorter sides before its random crop.
 CROP_PRE_RESIZE_SHORT_EDGES = (400, 500, 600)
 
@@ -39,10 +44,21 @@ def build_train_augmentation(cfg) -> List[T.Augmentation]:
     (INPUT.CROP when enabled, multi-scale resize, flip). "sparse_rcnn": Sparse R-CNN's recipe —
     with probability 0.5 the image is first resized to a shorter side in 400/500/600 and cropped
     (INPUT.CROP.TYPE/SIZE; INPUT.CROP.ENABLED is not read), then always the multi-scale resize of
-    INPUT.MIN_SIZE_TRAIN / MAX_SIZE_TRAIN and the flip of INPUT.RANDOM_FLIP."""
+    INPUT.MIN_SIZE_TRAIN / MAX_SIZE_TRAIN and the flip of INPUT.RANDOM_FLIP. "yolact": YOLACT's
+    photometric distortion (each with probability 0.5: brightness, contrast and saturation
+    scaled by up to ±12.5%, ±50%, ±50%), a resize to a MIN_SIZE_TRAIN[0] square whatever the
+    aspect ratio, and the flip (the test images get the same square resize)."""
     if cfg.INPUT.TRAIN_AUGMENTATION == "detectron2":
         return DatasetMapper.from_config(cfg, is_train=True)["augmentations"]
     resize, *flips = detection_utils.build_augmentation(cfg, is_train=True)
+    if cfg.INPUT.TRAIN_AUGMENTATION == "yolact":
+        side = cfg.INPUT.MIN_SIZE_TRAIN[0]
+        photometric = [
+            T.RandomApply(T.RandomBrightness(*YOLACT_BRIGHTNESS)),
+            T.RandomApply(T.RandomContrast(*YOLACT_CONTRAST)),
+            T.RandomApply(T.RandomSaturation(*YOLACT_SATURATION)),
+        ]
+        return [*photometric, T.Resize((side, side)), *flips]
     crop = [
         T.ResizeShortestEdge(CROP_PRE_RESIZE_SHORT_EDGES, sample_style="choice"),
         T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE),
@@ -79,6 +95,10 @@ def build_train_mapper(cfg) -> CheckedDatasetMapper:
 
 
 def build_test_mapper(cfg) -> CheckedDatasetMapper:
-    """detectron2's test DatasetMapper (``DatasetMapper(cfg, is_train=False)``), naming
+    """detectron2's test DatasetMapper (``DatasetMapper(cfg, is_train=False)``; with
+    INPUT.TRAIN_AUGMENTATION "yolact" a resize to a MIN_SIZE_TEST square instead), naming
     unreadable images (:class:`CheckedDatasetMapper`)."""
-    return CheckedDatasetMapper(cfg, is_train=False)
+    arguments = DatasetMapper.from_config(cfg, is_train=False)
+    if cfg.INPUT.TRAIN_AUGMENTATION == "yolact":
+        arguments["augmentations"] = [T.Resize((cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST))]
+    return CheckedDatasetMapper(**arguments)

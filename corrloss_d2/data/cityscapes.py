@@ -1,4 +1,4 @@
-"""Cityscapes box detection datasets, read with the official toolkit (``cityscapesscripts``).
+"""Cityscapes instance datasets (boxes and masks), read with the official toolkit (``cityscapesscripts``).
 
 Layout, as downloaded from cityscapes-dataset.com (``gtFine_trainvaltest``,
 ``leftImg8bit_trainvaltest``)::
@@ -24,6 +24,7 @@ import os
 from typing import List, Optional
 
 import numpy as np
+import pycocotools.mask as mask_util
 from cityscapesscripts.helpers.annotation import Annotation
 from cityscapesscripts.helpers.labels import labels
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
@@ -82,7 +83,9 @@ def instance_annotations(instance_ids: np.ndarray) -> List[dict]:
     Returns:
         one dict per instance or group region of the 8 classes, in increasing id order:
         ``bbox`` (x0, y0, x1, y1) tight around its pixels (x1 = last column + 1), ``bbox_mode``
-        XYXY_ABS, ``category_id`` (index into CITYSCAPES_THING_CLASSES), ``iscrowd`` (1 for groups).
+        XYXY_ABS, ``category_id`` (index into CITYSCAPES_THING_CLASSES), ``iscrowd`` (1 for groups)
+        and ``segmentation``, its pixels as COCO RLE (for mask models: INPUT.MASK_FORMAT
+        "bitmask").
     """
     annotations = []
     # One pass over the pixels: slot v - 1 holds the bounding slices of value v, None if absent.
@@ -94,12 +97,15 @@ def instance_annotations(instance_ids: np.ndarray) -> List[dict]:
         category = _CATEGORY_OF_LABEL_ID.get(value if is_group else value // _INSTANCE_ID_OFFSET)
         if category is None:
             continue
+        mask = np.zeros(instance_ids.shape, dtype=np.uint8, order="F")
+        mask[extent] = instance_ids[extent] == value
         annotations.append(
             {
                 "bbox": [cols.start, rows.start, cols.stop, rows.stop],
                 "bbox_mode": BoxMode.XYXY_ABS,
                 "category_id": category,
                 "iscrowd": int(is_group),
+                "segmentation": mask_util.encode(mask),
             }
         )
     return annotations

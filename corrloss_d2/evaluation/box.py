@@ -1,4 +1,4 @@
-"""COCO-style box AP for the datasets corrloss_d2 trains on."""
+"""COCO-style box AP, and mask AP for mask models, on the datasets corrloss_d2 trains on."""
 
 import os
 from typing import Optional
@@ -24,9 +24,10 @@ def inference_folder(cfg, dataset_name: str, output_folder: Optional[str] = None
 def build_box_evaluator(
     cfg, dataset_name: str, output_folder: Optional[str] = None
 ) -> DatasetEvaluator:
-    """COCO box AP for COCO-format datasets (``register_coco_instances`` and this package's) and
-    Cityscapes detection datasets. Uses detectron2's fast evaluation only where its compiled ops
-    exist (pycocotools otherwise)."""
+    """COCO box AP (results key ``bbox``) for COCO-format datasets (``register_coco_instances``
+    and this package's) and Cityscapes datasets, and mask AP (``segm``) for models with
+    MODEL.MASK_ON. Uses detectron2's fast evaluation only where its compiled ops exist
+    (pycocotools otherwise)."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type not in BOX_AP_TYPES:
         raise NotImplementedError(
@@ -40,7 +41,7 @@ def build_box_evaluator(
     # rather than reuse a json a previous run left there, which may describe other data.
     return COCOEvaluator(
         dataset_name,
-        tasks=("bbox",),
+        tasks=("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
         distributed=True,
         output_dir=inference_folder(cfg, dataset_name, output_folder),
         use_fast_impl=has_compiled_ops(),

@@ -7,6 +7,7 @@ from .correlation import (
     correlation_loss,
 )
 from .distributed import mean_over_processes
+from .instance_masks import cropped_mask_loss, ohem_cross_entropy, semantic_segmentation_loss
 from .iou_aware import (
     alignment_quality,
     ia_bce_loss,
@@ -32,13 +33,16 @@ __all__ = [
     "capped_matches_per_target",
     "correlation_coefficients",
     "correlation_loss",
+    "cropped_mask_loss",
     "grouped_soft_rank",
     "ia_bce_loss",
     "mean_over_processes",
     "normalized_box_coordinates",
+    "ohem_cross_entropy",
     "one_to_k_assignment",
     "prime_sample_weights",
     "quality_focal_loss",
+    "semantic_segmentation_loss",
     "set_matching_cost",
     "soft_rank",
     "varifocal_loss",

@@ -34,10 +34,16 @@ class GroupedCorrelation(NamedTuple):
     valid: torch.Tensor
     num_samples: torch.Tensor
 
-    def loss(self) -> torch.Tensor:
-        """``1 - mean rho`` over the valid groups; a connected zero when there is none."""
+    def loss(self, reduction: str = "mean") -> torch.Tensor:
+        """``1 - rho`` of the valid groups, averaged (``"mean"``) or summed (``"sum"``, YOLACT's
+        released per-image terms); a connected zero when there is no valid group."""
         valid = self.valid.to(self.rho.dtype)
-        return ((1 - self.rho) * valid).sum() / valid.sum().clamp(min=1)
+        total = ((1 - self.rho) * valid).sum()
+        if reduction == "sum":
+            return total
+        if reduction != "mean":
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        return total / valid.sum().clamp(min=1)
 
 
 def _validate(scores, ious, kind, groups, strength, min_samples) -> None:

@@ -12,6 +12,7 @@ from .meta_arch import (
     CorrFCOS,
     CorrRetinaNet,
     CorrSparseRCNN,
+    CorrYOLACT,
 )
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "CorrFCOS",
     "CorrRetinaNet",
     "CorrSparseRCNN",
+    "CorrYOLACT",
     "ClassificationLoss",
     "atss_assignment",
     "CorrelationAwareDenseMixin",

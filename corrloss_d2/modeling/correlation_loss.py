@@ -10,7 +10,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from ..config import GROUPINGS
+from ..config import GROUP_REDUCTIONS, GROUPINGS
 from ..errors import ConfigError
 from ..losses import correlation_coefficients
 
@@ -100,6 +100,7 @@ class CorrelationLoss(nn.Module):
         kind: str = "spearman",
         rank_strength: float = 1.0,
         group_by: str = "batch",
+        group_reduction: str = "mean",
         min_positives: int = 2,
         gather_across_processes: bool = False,
         images_per_group: int = 0,
@@ -113,7 +114,9 @@ class CorrelationLoss(nn.Module):
             kind: "pearson", "concordance" or "spearman".
             rank_strength: soft-rank strength for "spearman" (see corrloss_d2.losses.soft_rank).
             group_by: "batch", "level" or "image": which ids from the call split the positives
-                into groups, each with its own ρ (averaged).
+                into groups, each with its own ρ.
+            group_reduction: "mean" (λ·(1 − mean ρ)) or "sum" (λ·Σ (1 − ρ), YOLACT's released
+                per-image terms).
             min_positives: groups with fewer positives are skipped.
             gather_across_processes: pool positives of all processes first.
             images_per_group: > 0: each ρ spans this many consecutive images of the process's
@@ -126,10 +129,15 @@ class CorrelationLoss(nn.Module):
         super().__init__()
         if group_by not in GROUPINGS:
             raise ValueError(f"group_by must be one of {GROUPINGS}, got {group_by!r}")
+        if group_reduction not in GROUP_REDUCTIONS:
+            raise ValueError(
+                f"group_reduction must be one of {GROUP_REDUCTIONS}, got {group_reduction!r}"
+            )
         self.weight = float(weight)
         self.kind = kind
         self.rank_strength = float(rank_strength)
         self.group_by = group_by
+        self.group_reduction = group_reduction
         self.min_positives = int(min_positives)
         self.gather_across_processes = bool(gather_across_processes)
         self.images_per_group = int(images_per_group)
@@ -143,6 +151,7 @@ class CorrelationLoss(nn.Module):
         cfg,
         *,
         default_group_by: str = "batch",
+        default_group_reduction: str = "mean",
         loss_name: str = "loss_corr",
         metric_prefix: str = "corr/",
     ):
@@ -157,6 +166,9 @@ class CorrelationLoss(nn.Module):
             "kind": corr.TYPE,
             "rank_strength": corr.RANK_STRENGTH,
             "group_by": default_group_by if corr.GROUP_BY == "auto" else corr.GROUP_BY,
+            "group_reduction": (
+                default_group_reduction if corr.GROUP_REDUCTION == "auto" else corr.GROUP_REDUCTION
+            ),
             "min_positives": corr.MIN_POSITIVES,
             "gather_across_processes": corr.GATHER_ACROSS_PROCESSES,
             "loss_name": loss_name,
@@ -166,7 +178,8 @@ class CorrelationLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"weight={self.weight}, kind={self.kind}, rank_strength={self.rank_strength}, "
-            f"group_by={self.group_by}, min_positives={self.min_positives}"
+            f"group_by={self.group_by}, group_reduction={self.group_reduction}, "
+            f"min_positives={self.min_positives}"
         )
 
     def _group_ids(self, level_index, image_index) -> Optional[torch.Tensor]:
@@ -191,10 +204,11 @@ class CorrelationLoss(nn.Module):
 
     def forward(
         self,
-        gt_class_logits: torch.Tensor,
-        pred_boxes: torch.Tensor,
-        gt_boxes: torch.Tensor,
+        gt_class_logits: Optional[torch.Tensor],
+        pred_boxes: Optional[torch.Tensor] = None,
+        gt_boxes: Optional[torch.Tensor] = None,
         *,
+        gt_class_scores: Optional[torch.Tensor] = None,
         level_index: Optional[torch.Tensor] = None,
         image_index: Optional[torch.Tensor] = None,
         ious: Optional[torch.Tensor] = None,
@@ -202,24 +216,35 @@ class CorrelationLoss(nn.Module):
     ) -> Dict[str, torch.Tensor]:
         """
         Args:
-            gt_class_logits: (P,) classification logit of each positive's ground-truth class.
+            gt_class_logits: (P,) sigmoid classification logit of each positive's ground-truth
+                class; None when ``gt_class_scores`` is given.
             pred_boxes: (P, 4) decoded predicted boxes of the positives (XYXY, image pixels).
             gt_boxes: (P, 4) their assigned ground-truth boxes.
+            gt_class_scores: (P,) probabilities of the ground-truth class, for a detector whose
+                scores are not a sigmoid of one logit (YOLACT's softmax); instead of the logits.
             level_index, image_index: (P,) integer FPN level / image of each positive; the one
                 named by ``group_by`` is required.
-            ious: (P,) precomputed ``matched_box_iou(pred_boxes, gt_boxes)`` to reuse, or None.
+            ious: (P,) precomputed ``matched_box_iou(pred_boxes, gt_boxes)`` to reuse (then the
+                boxes may be None), or None.
             name_suffix: appended to the loss key and the metric names, for a detector that
                 calls it once per stage (e.g. "_stage0": ``loss_corr_stage0``,
                 ``corr/rho_stage0``).
         Returns:
             ``{loss_name + name_suffix: λ·(1 − mean ρ)}``, or an empty dict when ``weight`` is 0.
         """
+        if (gt_class_logits is None) == (gt_class_scores is None):
+            raise ValueError("CorrelationLoss takes gt_class_logits or gt_class_scores (one)")
         if ious is None:
             ious = matched_box_iou(pred_boxes, gt_boxes)
         groups = self._group_ids(level_index, image_index)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.weight > 0):
+            # fp32 even under autocast: ρ's moments lose too much in half precision.
+            if gt_class_scores is None:
+                scores = torch.sigmoid(gt_class_logits.float())
+            else:
+                scores = gt_class_scores.float()
             corr = correlation_coefficients(
-                torch.sigmoid(gt_class_logits.float()),
+                scores,
                 ious,
                 self.kind,
                 groups=groups,
@@ -229,12 +254,13 @@ class CorrelationLoss(nn.Module):
                 or self.process_group is not None,
                 process_group=self.process_group,
             )
-            loss = corr.loss()
+            loss = corr.loss(self.group_reduction)
         if self.training:
             storage = get_event_storage()
             num_valid = int(corr.valid.sum())
-            if num_valid:
-                storage.put_scalar(self.metric_prefix + "rho" + name_suffix, 1 - loss.item())
+            if num_valid:  # the mean ρ, whatever the reduction
+                mean_rho = (corr.rho.detach() * corr.valid).sum().item() / num_valid
+                storage.put_scalar(self.metric_prefix + "rho" + name_suffix, mean_rho)
             storage.put_scalar(self.metric_prefix + "num_pos" + name_suffix, float(ious.numel()))
             storage.put_scalar(self.metric_prefix + "valid_groups" + name_suffix, float(num_valid))
         if self.weight == 0:

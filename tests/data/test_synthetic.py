@@ -3,6 +3,8 @@
 import json
 import os
 
+import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -25,10 +27,19 @@ def test_generation_is_deterministic_and_prefix_stable(tmp_path):
 
     size = synthetic.IMAGE_SIZE
     assert [c["name"] for c in first["categories"]] == list(synthetic.SHAPES_CLASSES)
+    covered = {}  # image -> pixels some instance mask claims
     for ann in first["annotations"]:
         x, y, w, h = ann["bbox"]
         assert 0 <= x < x + w <= size and 0 <= y < y + h <= size and ann["area"] <= w * h
         assert ann["category_id"] in range(1, len(synthetic.SHAPES_CLASSES) + 1)
+        # the exact visible pixels: the box is tight around them, their count is the area
+        mask = mask_util.decode(ann["segmentation"]).astype(bool)
+        ys, xs = np.nonzero(mask)
+        assert mask.shape == (size, size) and mask.sum() == ann["area"]
+        assert [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()] == ann["bbox"]
+        seen = covered.setdefault(ann["image_id"], np.zeros((size, size), bool))
+        assert not (seen & mask).any(), "an occluded pixel belongs to the object in front only"
+        seen |= mask
 
 
 def test_dataset_is_generated_once_into_the_cache(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import json
 import os
 
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 import torch
 from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as instance_level_eval
@@ -16,7 +17,7 @@ from cityscapesscripts.helpers.labels import id2label
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from cityscapesscripts.preparation.json2labelImg import json2labelImg
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.structures import Boxes, Instances
@@ -170,9 +171,12 @@ def gt_predictions(dataset_dict, gt_dir, shift=0.0, with_masks=False):
         pred_classes=classes,
     )
     if with_masks:
-        instances.pred_masks = instance_masks(
+        masks = instance_masks(
             cityscapes_gt_file(gt_dir, dataset_dict["file_name"], "gtFine_instanceIds.png")
         )
+        columns = int(shift)
+        instances.pred_masks = torch.zeros_like(masks)
+        instances.pred_masks[:, :, columns:] = masks[:, :, : masks.shape[2] - columns]
         assert len(instances.pred_masks) == len(instances)
     return instances
 
@@ -327,6 +331,33 @@ def test_shifted_boxes_lower_both_scores(val_name, tmp_path):
     results = evaluate(val_name, tmp_path, shift=6.0)
     assert results["bbox"]["AP"] < 90.0
     assert results["cityscapes_official_boxmask"]["AP"] < BOXMASK_AP - 10.0
+
+
+def test_shifted_masks_score_less_on_the_official_metric(val_name, tmp_path):
+    official = evaluate(val_name, tmp_path, shift=3.0, with_masks=True)["cityscapes_official_mask"]
+    assert 0.0 < official["AP"] < 90.0 and official["AP50"] <= 100.0
+
+
+def test_loader_keeps_each_instance_mask(cityscapes_root, val_name):
+    cfg = get_cfg()
+    cfg.MODEL.MASK_ON = True
+    cfg.INPUT.MASK_FORMAT = "bitmask"
+    cfg.INPUT.MIN_SIZE_TEST = 0  # no resize
+    mapper = DatasetMapper(cfg, is_train=True, augmentations=[])
+    gt_dir = MetadataCatalog.get(val_name).gt_dir
+    for d in DatasetCatalog.get(val_name):
+        expected = instance_masks(
+            cityscapes_gt_file(gt_dir, d["file_name"], "gtFine_instanceIds.png")
+        )
+        decoded = [mask_util.decode(a["segmentation"]) for a in d["annotations"]]
+        assert torch.equal(
+            torch.from_numpy(np.array(decoded, dtype=bool)).reshape(expected.shape), expected
+        )
+        # what a mask model trains on: the individual instances (not the group regions) as bit masks
+        instances = mapper(d)["instances"]
+        individual = torch.tensor([not a["iscrowd"] for a in d["annotations"]], dtype=torch.bool)
+        if individual.any():  # (detectron2 gives an image without instances no gt_masks)
+            assert torch.equal(instances.gt_masks.tensor, expected[individual])
 
 
 def test_images_without_predictions_count_their_ground_truth_as_missed(val_name, tmp_path):

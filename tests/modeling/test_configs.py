@@ -87,6 +87,7 @@ NAMED_RECIPES = [
     if rel(p).split(os.sep)[:2]
     in (
         ["configs", "COCO-Detection"],
+        ["configs", "COCO-InstanceSegmentation"],
         ["configs", "Cityscapes"],
         ["projects", "CorrelationLoss"],
         ["projects", "AlignDETR"],
@@ -118,6 +119,7 @@ ARCHITECTURES = {
     "atss": "CorrATSS",
     "sparse_rcnn": "CorrSparseRCNN",
     "dino": "CorrDINO",
+    "yolact": "CorrYOLACT",
 }
 ITERATIONS_PER_EPOCH = 7500  # of detrex's DETR schedules at 16 images
 
@@ -133,15 +135,10 @@ def test_every_recipe_has_one_home():
         elif name.startswith(("sparse_rcnn", "dino")) and "ia_bce" in name:
             home = os.path.join("projects", "AlignDETR", "configs")
         elif name.endswith("_baseline.yaml"):
-            home = (
-                folder
-                if folder
-                in (
-                    os.path.join("configs", "COCO-Detection"),
-                    os.path.join("configs", "Cityscapes"),
-                )
-                else "configs/<dataset>"
-            )
+            # mask models' COCO baselines live where detectron2 keeps its mask models'
+            coco = "COCO-InstanceSegmentation" if name.startswith("yolact") else "COCO-Detection"
+            homes = (os.path.join("configs", coco), os.path.join("configs", "Cityscapes"))
+            home = folder if folder in homes else "configs/<dataset>"
         elif folder.startswith("projects"):
             home = "configs (not a recipe of the project's paper)"
         else:
@@ -492,6 +489,50 @@ DINO_4SCALE = {
     "INPUT.MIN_SIZE_TRAIN": SCALES_480_800,
     "INPUT.CROP.SIZE": [384, 600],
 }
+# fehmikahraman/CorrLoss configs/CorrLoss/yolact_r50_4x8_coco.py (55 epochs of 120k images).
+YOLACT_4X8 = {
+    "INPUT.FORMAT": "RGB",
+    "MODEL.PIXEL_MEAN": [123.68, 116.78, 103.94],
+    "MODEL.PIXEL_STD": [58.40, 57.12, 57.38],
+    "MODEL.BACKBONE.FREEZE_AT": 0,
+    "MODEL.RESNETS.NORM": "BN",
+    "MODEL.ANCHOR_GENERATOR.SIZES": [[24], [48], [96], [192], [384]],
+    "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": [[0.5, 1.0, 2.0]],
+    "MODEL.YOLACT.NUM_HEAD_CONVS": 1,
+    "MODEL.YOLACT.NUM_PROTOTYPES": 32,
+    "MODEL.YOLACT.IOU_THRESHOLDS": [0.4, 0.5],
+    "MODEL.YOLACT.BBOX_REG_WEIGHTS": [10.0, 10.0, 5.0, 5.0],
+    "MODEL.YOLACT.NEG_POS_RATIO": 3.0,
+    "MODEL.YOLACT.SMOOTH_L1_BETA": 1.0,
+    "MODEL.YOLACT.BOX_LOSS_WEIGHT": 1.5,
+    "MODEL.YOLACT.MASK_LOSS_WEIGHT": 6.125,
+    "MODEL.YOLACT.SEMANTIC_LOSS_WEIGHT": 1.0,
+    "MODEL.YOLACT.MAX_MASKS_TO_TRAIN": 100,
+    "MODEL.YOLACT.TOPK_CANDIDATES_TEST": 1000,
+    "MODEL.YOLACT.SCORE_THRESH_TEST": 0.05,
+    "MODEL.YOLACT.NMS_THRESH_TEST": 0.5,
+    "MODEL.YOLACT.NMS_TYPE": "fast",
+    "MODEL.YOLACT.NMS_TOP_K": 200,
+    "TEST.DETECTIONS_PER_IMAGE": 100,
+    "MODEL.CORR_LOSS.GROUP_BY": "image",
+    "MODEL.CORR_LOSS.GROUP_REDUCTION": "sum",
+    "MODEL.CORR_LOSS.RANK_STRENGTH": 1.0,
+    "SOLVER.OPTIMIZER": "SGD",
+    "SOLVER.IMS_PER_BATCH": 32,
+    "SOLVER.BASE_LR": 4e-3,
+    "SOLVER.MOMENTUM": 0.9,
+    "SOLVER.WEIGHT_DECAY": 5e-4,
+    "SOLVER.WEIGHT_DECAY_NORM": 5e-4,
+    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": "full_model",
+    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE": 35.0,
+    "SOLVER.WARMUP_ITERS": 1000,
+    "SOLVER.WARMUP_FACTOR": 0.1,
+    "SOLVER.MAX_ITER": 206250,
+    "SOLVER.STEPS": (75000, 157500, 183750, 195000),
+    "INPUT.MIN_SIZE_TRAIN": (550,),
+    "INPUT.MIN_SIZE_TEST": 550,
+    "INPUT.TRAIN_AUGMENTATION": "yolact",
+}
 DINO_12EP = {"SOLVER.MAX_ITER": 90000, "SOLVER.STEPS": (82500,)}
 DINO_24EP = {"SOLVER.MAX_ITER": 180000, "SOLVER.STEPS": (165000,)}
 # FelixCaae/AlignDETR aligndetr/configs/aligndetr_k=2_r50_4scale_12ep.py, models/aligndetr_r50.py.
@@ -603,6 +644,20 @@ RELEASED = {
     CORR + "dino_R_50_4scale_12ep_corr_spearman_0.2.yaml": {
         **DINO_4SCALE,
         **DINO_12EP,
+        "MODEL.CORR_LOSS.TYPE": "spearman",
+        "MODEL.CORR_LOSS.WEIGHT": 0.2,
+    },
+    "configs/COCO-InstanceSegmentation/yolact_R_50_FPN_55ep_baseline.yaml": {
+        **YOLACT_4X8,
+        "MODEL.CORR_LOSS.WEIGHT": 0.0,
+    },
+    CORR + "yolact_R_50_FPN_55ep_corr_concordance_0.4.yaml": {
+        **YOLACT_4X8,
+        "MODEL.CORR_LOSS.TYPE": "concordance",
+        "MODEL.CORR_LOSS.WEIGHT": 0.4,
+    },
+    CORR + "yolact_R_50_FPN_55ep_corr_spearman_0.2.yaml": {
+        **YOLACT_4X8,
         "MODEL.CORR_LOSS.TYPE": "spearman",
         "MODEL.CORR_LOSS.WEIGHT": 0.2,
     },

@@ -5,6 +5,7 @@ from scipy.stats import pearsonr
 from torchvision.ops import box_iou
 
 from corrloss_d2.modeling import CorrelationLoss, matched_box_iou
+from tests.references import reference_concordance
 
 
 def positives(n=40, seed=0):
@@ -65,3 +66,27 @@ def test_hook_without_positives_returns_connected_zero():
         out = hook(logits, torch.zeros(0, 4), torch.zeros(0, 4))
     assert out["loss_corr"].item() == 0 and out["loss_corr"].requires_grad
     assert "corr/rho" not in storage.histories()  # nothing measured, nothing logged
+
+
+def test_per_image_terms_summed_on_given_scores_as_yolact_releases_it():
+    logits, pred, gt = positives(n=31)
+    scores = torch.rand(31, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    image = torch.tensor([0] * 12 + [1] * 18 + [2])  # image 2: one positive, no ρ
+    hook = CorrelationLoss(weight=0.4, kind="concordance", group_by="image", group_reduction="sum")
+    with EventStorage() as storage:
+        out = hook(None, pred, gt, gt_class_scores=scores, image_index=image)
+    ious = matched_box_iou(pred, gt)
+    rhos = [
+        reference_concordance(scores[image == i].detach().numpy(), ious[image == i].numpy())
+        for i in (0, 1)
+    ]
+    assert out["loss_corr"].item() == pytest.approx(0.4 * sum(1 - r for r in rhos), rel=1e-5)
+    # the logged ρ is the images' mean whatever the reduction
+    assert storage.history("corr/rho").latest() == pytest.approx(sum(rhos) / 2, rel=1e-5)
+    out["loss_corr"].backward()
+    assert scores.grad[:30].abs().sum() > 0 and scores.grad[30] == 0
+    with pytest.raises(ValueError, match="gt_class_logits or gt_class_scores"):
+        with EventStorage():
+            hook(logits, pred, gt, gt_class_scores=scores, image_index=image)
+    with pytest.raises(ValueError, match="group_reduction must be one of"):
+        CorrelationLoss(weight=0.1, group_reduction="max")

@@ -8,6 +8,7 @@ from .dino import CorrDINO
 from .fcos import CorrFCOS
 from .retinanet import CorrRetinaNet
 from .sparse_rcnn import CorrSparseRCNN
+from .yolact import CorrYOLACT
 
 __all__ = [
     "CorrATSS",
@@ -15,6 +16,7 @@ __all__ = [
     "CorrFCOS",
     "CorrRetinaNet",
     "CorrSparseRCNN",
+    "CorrYOLACT",
     "CorrelationAwareDenseMixin",
     "check_model_config",
 ]

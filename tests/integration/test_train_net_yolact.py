@@ -1,0 +1,78 @@
+"""CorrYOLACT through train_net.py on the embedded "shapes" data, whose generator draws exact
+instance masks: the loss drops, and the evaluation reports box and mask AP with the correlation
+measures."""
+
+import json
+import math
+import os
+
+import pytest
+
+from corrloss_d2.data import synthetic
+from corrloss_d2.data.datasets import COCO_DATASETS_ENV
+from tests.tiny import REPO
+
+pytestmark = pytest.mark.slow
+
+CONFIG = os.path.join(REPO, "configs", "CPU", "yolact_R_18_FPN_shapes_scratch.yaml")
+
+
+def shapes_subset(tmp_path, images: int) -> str:
+    """The first ``images`` training images of "shapes" as a COCO json of their own; returns the
+    $CORRLOSS_COCO_DATASETS entry that registers it as ``shapes_subset``."""
+    paths = synthetic.ensure_shapes_dataset()
+    with open(paths["json:train"]) as f:
+        data = json.load(f)
+    kept = {image["id"] for image in data["images"][:images]}
+    subset = {
+        "images": [i for i in data["images"] if i["id"] in kept],
+        "annotations": [a for a in data["annotations"] if a["image_id"] in kept],
+        "categories": data["categories"],
+    }
+    json_file = tmp_path / "shapes_subset.json"
+    json_file.write_text(json.dumps(subset))
+    return f"shapes_subset={json_file}:{paths['images:train']}"
+
+
+def test_yolact_learns_masks_on_shapes_and_reports_segm_ap(
+    tmp_path, train_net, metrics, monkeypatch
+):
+    # 60 iterations over 16 images it then segments again: enough for masks above AP 0
+    # (seed 0 here: box AP 4.6, mask AP 3.0; from scratch on all the data it takes ~150
+    # iterations of 8 images).
+    monkeypatch.setenv(COCO_DATASETS_ENV, shapes_subset(tmp_path, 16))
+    out = str(tmp_path / "out")
+    log = train_net(
+        "--config-file",
+        CONFIG,
+        "DATASETS.TRAIN",
+        "('shapes_subset',)",
+        "DATASETS.TEST",
+        "('shapes_subset',)",
+        "SOLVER.MAX_ITER",
+        "60",
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "SOLVER.BASE_LR",
+        "0.004",
+        "SOLVER.STEPS",
+        "()",
+        "SOLVER.WARMUP_ITERS",
+        "10",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SEED",
+        "0",
+        "OUTPUT_DIR",
+        out,
+        cwd=tmp_path,
+    )
+    records = metrics(out)
+    losses = [r for r in records if "total_loss" in r]
+    assert all("loss_mask" in r and "loss_corr" in r and "corr/rho" in r for r in losses)
+    assert losses[-1]["total_loss"] < 0.8 * losses[0]["total_loss"], losses
+    assert losses[-1]["loss_mask"] < losses[0]["loss_mask"], losses
+    final = records[-1]
+    assert final["segm/AP"] > 0 and final["bbox/AP"] > 0, final
+    assert all(math.isfinite(final[f"correlation/{k}"]) for k in ("class_level_rho", "ap"))
+    assert "copypaste: Task: segm" in log

@@ -324,10 +324,18 @@ def test_input_error_message_finds_the_error_behind_a_traceback():
         ("CorrATSS", "MODEL.ATSS.NUM_CLASSES"),
         ("CorrSparseRCNN", "MODEL.SPARSE_RCNN.NUM_CLASSES"),
         ("CorrDINO", "MODEL.DINO.NUM_CLASSES"),
+        ("CorrYOLACT", "MODEL.YOLACT.NUM_CLASSES"),
     ],
 )
 def test_class_count_is_checked_for_every_meta_architecture(tmp_path, register, arch, key):
-    assert set(BASES) == {"CorrRetinaNet", "CorrFCOS", "CorrATSS", "CorrSparseRCNN", "CorrDINO"}
+    assert set(BASES) == {
+        "CorrRetinaNet",
+        "CorrFCOS",
+        "CorrATSS",
+        "CorrSparseRCNN",
+        "CorrDINO",
+        "CorrYOLACT",
+    }
     name = register("two_classes", *write_dataset(tmp_path, num_classes=2))
     cfg = tiny_cfg(arch, "DATASETS.TRAIN", (), "DATASETS.TEST", (name,))  # tiny_cfg: 3 classes
     with pytest.raises(

@@ -51,6 +51,7 @@ CASES = {
         "MODEL.DINO.ONE_TO_MANY_K",
         2,
     ],
+    "CorrYOLACT": ["MODEL.CORR_LOSS.TYPE", "concordance"],  # one ρ per image, summed
 }
 # The query detectors' correlation calls of a step, in order (one per stage / decoder layer).
 RHO_SUFFIXES = {"CorrSparseRCNN": ["_stage0", "_stage1"], "CorrDINO": ["_layer0", "_layer1"]}
@@ -196,7 +197,8 @@ def test_processes_stay_in_step(runs, arch, gather):
             assert torch.equal(value, reference[name]), f"{name} differs across processes"
 
 
-@pytest.mark.parametrize("arch", list(CASES))
+# YOLACT divides by each process's own positive count, as released (mmdetection's YOLACT head).
+@pytest.mark.parametrize("arch", [arch for arch in CASES if arch != "CorrYOLACT"])
 def test_loss_normalisers_are_averaged_over_processes(runs, arch):
     ranks = runs[arch, False]
     if arch in NORMALIZER_EMA:  # EMA of the positive count, each step's averaged over processes

@@ -3,7 +3,8 @@ iteration with the saved optimiser, scheduler, normaliser, random and data-strea
 later iteration's losses, the final weights and the final AP equal an uninterrupted run's to the
 bit (same seed, CPU): in one process with two data-loading workers, and in two processes
 (--num-gpus 2, GLOO; the signal sent to the launching process only); and CorrDINO in one process,
-whose denoising queries draw their noise from the restored random state. (--eval-only of saved
+whose denoising queries draw their noise from the restored random state, and CorrYOLACT, whose
+loader draws random photometric distortions. (--eval-only of saved
 weights: tests/integration/test_train_net.py.)"""
 
 import json
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.slow
 MAX_ITER = 10
 CONFIG = os.path.join(REPO, "configs", "CPU", "retinanet_R_18_FPN_raccoon_scratch.yaml")
 DINO_CONFIG = os.path.join(REPO, "configs", "CPU", "dino_R_18_4scale_raccoon_scratch.yaml")
+YOLACT_CONFIG = os.path.join(REPO, "configs", "CPU", "yolact_R_18_FPN_shapes_scratch.yaml")
 COMMON = [
     *FAST,
     "DATALOADER.NUM_WORKERS",
@@ -145,6 +147,17 @@ DINO_LOSSES = {"total_loss", "loss_corr_layer0", "loss_corr_layer1"} | {
     for suffix in ("_enc", "_layer0", "_layer1", "_dn_layer0", "_dn_layer1")
 }
 
+# YOLACT on the embedded shapes: random photometric augmentation in the loader's workers.
+YOLACT_OPTS = ("MODEL.CORR_LOSS.WEIGHT", "0.4", "DATASETS.TEST", "()")
+YOLACT_LOSSES = {
+    "total_loss",
+    "loss_cls",
+    "loss_box_reg",
+    "loss_mask",
+    "loss_semantic",
+    "loss_corr",
+}
+
 
 @pytest.mark.parametrize(
     "config,flags,opts,signal_name,loss_names",
@@ -158,8 +171,9 @@ DINO_LOSSES = {"total_loss", "loss_corr_layer0", "loss_corr_layer1"} | {
             RETINANET_LOSSES,
         ),
         (DINO_CONFIG, (), DINO_OPTS, "SIGTERM", DINO_LOSSES),
+        (YOLACT_CONFIG, (), YOLACT_OPTS, "SIGTERM", YOLACT_LOSSES),
     ],
-    ids=["1 process", "2 processes", "CorrDINO"],
+    ids=["1 process", "2 processes", "CorrDINO", "CorrYOLACT"],
 )
 def test_sigterm_then_resume_matches_uninterrupted_run(
     tmp_path, config, flags, opts, signal_name, loss_names, metrics

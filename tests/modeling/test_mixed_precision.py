@@ -82,3 +82,24 @@ def test_bfloat16_autocast_training_step_keeps_losses_in_float32(arch, cls_loss,
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"parameters without gradient (DDP would fail): {missing}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_bfloat16_autocast_yolact_keeps_losses_and_correlation_in_float32(monkeypatch):
+    model = tiny_model("CorrYOLACT", "MODEL.CORR_LOSS.WEIGHT", 0.4)
+    model.train()
+    received = set()
+    coefficients = correlation_loss_module.correlation_coefficients
+
+    def spy(scores, ious, *args, **kwargs):
+        received.update({scores.dtype, ious.dtype})
+        return coefficients(scores, ious, *args, **kwargs)
+
+    monkeypatch.setattr(correlation_loss_module, "correlation_coefficients", spy)
+    with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(synthetic_batch(2, seed=1))
+    assert received == {torch.float32}
+    assert losses["loss_corr"] > 0
+    for name, value in losses.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value), (name, value)
+    sum(losses.values()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

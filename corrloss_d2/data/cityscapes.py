@@ -1,4 +1,5 @@
-"""Cityscapes instance datasets (boxes and masks), read with the official toolkit (``cityscapesscripts``).
+"""Cityscapes instance datasets (boxes and masks), read with the official toolkit
+(``cityscapesscripts``).
 
 Layout, as downloaded from cityscapes-dataset.com (``gtFine_trainvaltest``,
 ``leftImg8bit_trainvaltest``)::

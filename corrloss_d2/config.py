@@ -226,9 +226,13 @@ def add_corrloss_config(cfg: CN) -> None:
     # Train-time augmentation: "detectron2" (DatasetMapper: optional INPUT.CROP, multi-scale resize,
     # flip) or "sparse_rcnn" (flip; with probability 0.5 a resize to 400-600 and an INPUT.CROP
     # crop first; then the multi-scale resize of INPUT.MIN_SIZE_TRAIN) or "yolact" (photometric
-    # distortion, a MIN_SIZE_TRAIN[0] square resize ignoring the aspect ratio, flip; the test
-    # images are resized to a MIN_SIZE_TEST square).
+    # distortion, zoom-out by 1-4x, a crop keeping a minimum IoU with the boxes, a
+    # MIN_SIZE_TRAIN[0] square resize ignoring the aspect ratio, flip; the test images are
+    # resized to a MIN_SIZE_TEST square).
     cfg.INPUT.TRAIN_AUGMENTATION = "detectron2"
+    # Training drops ground truths whose box is narrower or shorter than this many pixels of the
+    # original image, before augmentation (YOLACT's released recipe: 4.0).
+    cfg.INPUT.MIN_BOX_SIDE_TRAIN = 0.0
 
     # Score-localisation correlation measures (corrloss_d2.evaluation.CorrelationEvaluator),
     # reported next to box AP under the task "correlation".
@@ -395,6 +399,12 @@ def validate_corrloss_config(cfg: CN) -> None:
         "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, CLIP_TYPES
     )
     _check_choice("INPUT.TRAIN_AUGMENTATION", cfg.INPUT.TRAIN_AUGMENTATION, TRAIN_AUGMENTATIONS)
+    _require(
+        "INPUT.MIN_BOX_SIDE_TRAIN",
+        cfg.INPUT.MIN_BOX_SIDE_TRAIN,
+        is_number(cfg.INPUT.MIN_BOX_SIDE_TRAIN) and cfg.INPUT.MIN_BOX_SIDE_TRAIN >= 0,
+        "a number >= 0 (pixels; 0 keeps every box)",
+    )
     correlation_eval = cfg.TEST.CORRELATION_EVAL
     _require(
         "TEST.CORRELATION_EVAL.IOU_THRESHOLD",

@@ -6,8 +6,10 @@ from typing import List, Sequence
 import numpy as np
 from detectron2.data import DatasetMapper, detection_utils
 from detectron2.data import transforms as T
+from detectron2.structures import BoxMode
 
 from ..errors import ImageReadError
+from .ssd_augmentation import BoxAwareAugmentations, Expand, PhotometricDistortion
 
 __all__ = [
     "CheckedDatasetMapper",
@@ -17,11 +19,10 @@ __all__ = [
     "build_test_mapper",
 ]
 
-# YOLACT's photometric distortion as detectron2's multiplicative augmentations: brightness
-# ±32 of 255 (about ±12.5% at mid-grey), contrast and saturation x0.5 to x1.5.
-YOLACT_BRIGHTNESS = (0.875, 1.125)
-YOLACT_CONTRAST = (0.5, 1.5)
-YOLACT_SATURATION = (0.5, 1.5)
+# YOLACT's released zoom-out and crop (mmdetection's Expand and MinIoURandomCrop).
+YOLACT_EXPAND_RATIOS = (1.0, 4.0)
+YOLACT_CROP_MIN_IOUS = (0.1, 0.3, 0.5, 0.7, 0.9)
+YOLACT_CROP_MIN_SIZE = 0.3
 # Sparse R-CNN (after DETR) resizes to one of these shorter sides before its random crop.
 CROP_PRE_RESIZE_SHORT_EDGES = (400, 500, 600)
 
@@ -45,20 +46,22 @@ def build_train_augmentation(cfg) -> List[T.Augmentation]:
     with probability 0.5 the image is first resized to a shorter side in 400/500/600 and cropped
     (INPUT.CROP.TYPE/SIZE; INPUT.CROP.ENABLED is not read), then always the multi-scale resize of
     INPUT.MIN_SIZE_TRAIN / MAX_SIZE_TRAIN and the flip of INPUT.RANDOM_FLIP. "yolact": YOLACT's
-    photometric distortion (each with probability 0.5: brightness, contrast and saturation
-    scaled by up to ±12.5%, ±50%, ±50%), a resize to a MIN_SIZE_TRAIN[0] square whatever the
-    aspect ratio, and the flip (the test images get the same square resize)."""
+    released pipeline — photometric distortion, with probability 0.5 a zoom-out onto a canvas
+    1-4 times the size filled with MODEL.PIXEL_MEAN, a crop whose IoU with every box is at least
+    one of 0.1-0.9 (or none), a resize to a MIN_SIZE_TRAIN[0] square whatever the aspect ratio,
+    and the flip (the test images get the same square resize)."""
     if cfg.INPUT.TRAIN_AUGMENTATION == "detectron2":
         return DatasetMapper.from_config(cfg, is_train=True)["augmentations"]
     resize, *flips = detection_utils.build_augmentation(cfg, is_train=True)
     if cfg.INPUT.TRAIN_AUGMENTATION == "yolact":
         side = cfg.INPUT.MIN_SIZE_TRAIN[0]
-        photometric = [
-            T.RandomApply(T.RandomBrightness(*YOLACT_BRIGHTNESS)),
-            T.RandomApply(T.RandomContrast(*YOLACT_CONTRAST)),
-            T.RandomApply(T.RandomSaturation(*YOLACT_SATURATION)),
-        ]
-        return [*photometric, T.Resize((side, side)), *flips]
+        zoom_out_and_crop = BoxAwareAugmentations(
+            [
+                Expand(cfg.MODEL.PIXEL_MEAN, YOLACT_EXPAND_RATIOS),
+                T.MinIoURandomCrop(YOLACT_CROP_MIN_IOUS, YOLACT_CROP_MIN_SIZE),
+            ]
+        )
+        return [PhotometricDistortion(), zoom_out_and_crop, T.Resize((side, side)), *flips]
     crop = [
         T.ResizeShortestEdge(CROP_PRE_RESIZE_SHORT_EDGES, sample_style="choice"),
         T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE),
@@ -67,11 +70,20 @@ def build_train_augmentation(cfg) -> List[T.Augmentation]:
 
 
 class CheckedDatasetMapper(DatasetMapper):
-    """detectron2's DatasetMapper (same arguments); an image it cannot read (a missing file, a
-    truncated or corrupt image) raises :class:`~corrloss_d2.errors.ImageReadError` naming the
-    file and its dataset entry, where PIL's own error may not name the file."""
+    """detectron2's DatasetMapper (same arguments, and ``min_box_side``); an image it cannot read
+    (a missing file, a truncated or corrupt image) raises
+    :class:`~corrloss_d2.errors.ImageReadError` naming the file and its dataset entry, where
+    PIL's own error may not name the file. In training, ground truths whose box is narrower or
+    shorter than ``min_box_side`` pixels are dropped before augmentation, and
+    :class:`BoxAwareAugmentations` get the image's other (non-crowd) boxes."""
+
+    def __init__(self, *args, min_box_side: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.min_box_side = min_box_side
 
     def __call__(self, dataset_dict):
+        if self.is_train and "annotations" in dataset_dict:
+            dataset_dict = self._boxes_for_augmentations(dataset_dict)
         try:
             return super().__call__(dataset_dict)
         except (OSError, SyntaxError) as error:  # what opening and decoding an image raise
@@ -82,6 +94,20 @@ class CheckedDatasetMapper(DatasetMapper):
                 "dataset's annotation file"
             ) from error
 
+    def _boxes_for_augmentations(self, dataset_dict):
+        annotations, boxes = [], []
+        for annotation in dataset_dict["annotations"]:
+            box = BoxMode.convert(annotation["bbox"], annotation["bbox_mode"], BoxMode.XYXY_ABS)
+            if min(box[2] - box[0], box[3] - box[1]) < self.min_box_side:
+                continue
+            annotations.append(annotation)
+            if not annotation.get("iscrowd", 0):
+                boxes.append(box)
+        for augmentation in self.augmentations.augs:
+            if isinstance(augmentation, BoxAwareAugmentations):
+                augmentation.boxes = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+        return {**dataset_dict, "annotations": annotations}
+
 
 def build_train_mapper(cfg) -> CheckedDatasetMapper:
     """detectron2's train DatasetMapper with :func:`build_train_augmentation`, naming unreadable
@@ -90,6 +116,7 @@ def build_train_mapper(cfg) -> CheckedDatasetMapper:
         **{
             **DatasetMapper.from_config(cfg, is_train=True),
             "augmentations": build_train_augmentation(cfg),
+            "min_box_side": cfg.INPUT.MIN_BOX_SIDE_TRAIN,
         }
     )
 

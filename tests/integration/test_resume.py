@@ -4,7 +4,7 @@ later iteration's losses, the final weights and the final AP equal an uninterrup
 bit (same seed, CPU): in one process with two data-loading workers, and in two processes
 (--num-gpus 2, GLOO; the signal sent to the launching process only); and CorrDINO in one process,
 whose denoising queries draw their noise from the restored random state, and CorrYOLACT, whose
-loader draws random photometric distortions. (--eval-only of saved
+loader draws YOLACT's random distortions, zoom-outs and crops. (--eval-only of saved
 weights: tests/integration/test_train_net.py.)"""
 
 import json
@@ -147,8 +147,16 @@ DINO_LOSSES = {"total_loss", "loss_corr_layer0", "loss_corr_layer1"} | {
     for suffix in ("_enc", "_layer0", "_layer1", "_dn_layer0", "_dn_layer1")
 }
 
-# YOLACT on the embedded shapes: random photometric augmentation in the loader's workers.
-YOLACT_OPTS = ("MODEL.CORR_LOSS.WEIGHT", "0.4", "DATASETS.TEST", "()")
+# YOLACT on the embedded shapes with its released augmentation: random photometric distortion,
+# zoom-out and crops (numpy's and Python's random state) in the loader's workers.
+YOLACT_OPTS = (
+    "MODEL.CORR_LOSS.WEIGHT",
+    "0.4",
+    "INPUT.TRAIN_AUGMENTATION",
+    "yolact",
+    "DATASETS.TEST",
+    "()",
+)
 YOLACT_LOSSES = {
     "total_loss",
     "loss_cls",

@@ -1,15 +1,16 @@
 """Overhead of the correlation term: training iterations/s, inference images/s and peak training
 memory, as ratios in one run.
 
-For CorrRetinaNet, CorrFCOS, CorrSparseRCNN and CorrDINO (the CPU configs: ResNet-18/GN,
-raccoon, small images; Sparse R-CNN with its 6 stages, DINO with 3 + 3 layers and the
-pure-PyTorch deformable attention) it trains, from the same initial weights on the same batches,
-with each config's own optimiser (``corrloss_d2.solver.build_optimizer``):
+For CorrRetinaNet, CorrFCOS, CorrSparseRCNN, CorrDINO and CorrYOLACT (the CPU configs:
+ResNet-18/GN, small images, raccoon, YOLACT on the embedded shapes with their masks; Sparse R-CNN
+with its 6 stages, DINO with 3 + 3 layers and the pure-PyTorch deformable attention) it trains,
+from the same initial weights on the same batches, with each config's own optimiser
+(``corrloss_d2.solver.build_optimizer``):
 
 - ``detectron2``: detectron2's own RetinaNet / FCOS (the reference; detectron2 has no Sparse R-CNN
   nor DINO),
-- ``weight0``: ours with λ = 0 (ρ is still measured for logging; the query detectors' reference:
-  focal loss, one-to-one matching),
+- ``weight0``: ours with λ = 0 (ρ is still measured for logging; the reference of the query
+  detectors, focal loss with one-to-one matching, and of YOLACT),
 - ``corr``: ours with the correlation term (``--kind``, ``--weight``; on every Sparse R-CNN stage,
   every DINO decoder layer),
 - ``align_detr`` (DINO): λ = 0 with Align-DETR's IA-BCE, mixed matching (k = 2) and prime weights.
@@ -25,7 +26,7 @@ autocast (float16 with a GradScaler on CUDA, like detectron2's AMPTrainer; bfloa
 
     python tools/benchmark_training.py [--iters 200] [--archs retinanet fcos sparse_rcnn] \
         [--device cpu] [--amp]
-    python tools/benchmark_training.py --archs dino
+    python tools/benchmark_training.py --archs dino yolact
 """
 
 import argparse
@@ -56,12 +57,14 @@ VARIANTS = {
     "fcos": ("detectron2", "weight0", "corr"),
     "sparse_rcnn": ("weight0", "corr"),
     "dino": ("weight0", "corr", "align_detr"),
+    "yolact": ("weight0", "corr"),
 }
 CONFIGS = {
     "retinanet": "retinanet_R_18_FPN_raccoon_scratch.yaml",
     "fcos": "fcos_R_18_FPN_raccoon_scratch.yaml",
     "sparse_rcnn": "sparse_rcnn_R_18_FPN_raccoon_scratch.yaml",
     "dino": "dino_R_18_4scale_raccoon_scratch.yaml",
+    "yolact": "yolact_R_18_FPN_shapes_scratch.yaml",
 }
 # Config overrides of a variant beyond its correlation weight.
 VARIANT_OPTS = {

@@ -2,36 +2,16 @@
 instance masks: the loss drops, and the evaluation reports box and mask AP with the correlation
 measures."""
 
-import json
 import math
 import os
 
 import pytest
 
-from corrloss_d2.data import synthetic
-from corrloss_d2.data.datasets import COCO_DATASETS_ENV
-from tests.tiny import REPO
+from tests.tiny import REPO, register_shapes_subset
 
 pytestmark = pytest.mark.slow
 
 CONFIG = os.path.join(REPO, "configs", "CPU", "yolact_R_18_FPN_shapes_scratch.yaml")
-
-
-def shapes_subset(tmp_path, images: int) -> str:
-    """The first ``images`` training images of "shapes" as a COCO json of their own; returns the
-    $CORRLOSS_COCO_DATASETS entry that registers it as ``shapes_subset``."""
-    paths = synthetic.ensure_shapes_dataset()
-    with open(paths["json:train"]) as f:
-        data = json.load(f)
-    kept = {image["id"] for image in data["images"][:images]}
-    subset = {
-        "images": [i for i in data["images"] if i["id"] in kept],
-        "annotations": [a for a in data["annotations"] if a["image_id"] in kept],
-        "categories": data["categories"],
-    }
-    json_file = tmp_path / "shapes_subset.json"
-    json_file.write_text(json.dumps(subset))
-    return f"shapes_subset={json_file}:{paths['images:train']}"
 
 
 def test_yolact_learns_masks_on_shapes_and_reports_segm_ap(
@@ -40,15 +20,15 @@ def test_yolact_learns_masks_on_shapes_and_reports_segm_ap(
     # 60 iterations over 16 images it then segments again: enough for masks above AP 0
     # (seed 0 here: box AP 4.6, mask AP 3.0; from scratch on all the data it takes ~150
     # iterations of 8 images).
-    monkeypatch.setenv(COCO_DATASETS_ENV, shapes_subset(tmp_path, 16))
+    subset = register_shapes_subset(monkeypatch, tmp_path, "train", 16)
     out = str(tmp_path / "out")
     log = train_net(
         "--config-file",
         CONFIG,
         "DATASETS.TRAIN",
-        "('shapes_subset',)",
+        f"('{subset}',)",
         "DATASETS.TEST",
-        "('shapes_subset',)",
+        f"('{subset}',)",
         "SOLVER.MAX_ITER",
         "60",
         "SOLVER.IMS_PER_BATCH",

@@ -110,15 +110,18 @@ def _class_problem(cfg, name: str, key: Optional[str]) -> Optional[str]:
     )
 
 
-def _check_evaluation_fields(name: str) -> None:
-    """COCO evaluation reads each annotation's area and iscrowd from the dataset's json file."""
+def _check_evaluation_fields(name: str, with_masks: bool) -> None:
+    """COCO evaluation reads each annotation's area and iscrowd (and for mask AP its
+    segmentation) from the dataset's json file."""
     metadata = MetadataCatalog.get(name)
     json_file = metadata.get("json_file", None) or ""
     if metadata.get("evaluator_type", None) != "coco" or not os.path.isfile(json_file):
         return
-    stamp = (os.path.abspath(json_file), os.stat(json_file).st_mtime_ns)
+    stamp = (os.path.abspath(json_file), os.stat(json_file).st_mtime_ns, with_masks)
     if stamp not in _EVALUATION_JSONS_CHECKED:
-        check_coco_json(read_coco_json(json_file), json_file, for_evaluation=True)
+        check_coco_json(
+            read_coco_json(json_file), json_file, for_evaluation=True, with_masks=with_masks
+        )
         _EVALUATION_JSONS_CHECKED.add(stamp)
 
 
@@ -127,7 +130,8 @@ def check_datasets(cfg, dataset_names: Optional[Sequence[str]] = None) -> None:
     training or evaluation: it is registered, and its number of classes (``thing_classes``;
     a COCO-format dataset is loaded to learn them) equals the model's NUM_CLASSES key
     (:func:`num_classes_key`). The annotation file of a COCO-format dataset that is evaluated
-    (DATASETS.TEST, or ``dataset_names``) must give ``area`` and ``iscrowd``. Raises one
+    (DATASETS.TEST, or ``dataset_names``) must give ``area`` and ``iscrowd``, and
+    ``segmentation`` for a mask model (MODEL.MASK_ON). Raises one
     DatasetError naming every dataset that does not fit, its class count, the key and the
     value to set."""
     names = [*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST] if dataset_names is None else dataset_names
@@ -137,7 +141,7 @@ def check_datasets(cfg, dataset_names: Optional[Sequence[str]] = None) -> None:
         raise DatasetError("; ".join(problems))
     evaluated = cfg.DATASETS.TEST if dataset_names is None else dataset_names
     for name in dict.fromkeys(evaluated):
-        _check_evaluation_fields(name)
+        _check_evaluation_fields(name, with_masks=cfg.MODEL.MASK_ON)
 
 
 def _images_to_train_on(dicts: List[Dict]) -> int:

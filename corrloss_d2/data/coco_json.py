@@ -36,6 +36,8 @@ FIELD_MEANINGS = {
     "bbox": "[x, y, width, height] in pixels",
     "iscrowd": "0, or 1 for a crowd region",
     "area": "the object's area in pixels, a number >= 0 (COCO evaluation reads it)",
+    "segmentation": "the instance's mask, polygons [[x0, y0, x1, y1, ...], ...] or COCO RLE "
+    "{'size': [height, width], 'counts': ...}, which mask models (MODEL.MASK_ON) are evaluated on",
 }
 
 
@@ -111,13 +113,21 @@ def _unique_ids(problems: _Problems, kind: str, entries) -> set:
     return ids
 
 
-def check_coco_json(data, json_file: Path, for_evaluation: bool = False) -> List:
+def _is_segmentation(value) -> bool:
+    if isinstance(value, dict):
+        return "counts" in value and "size" in value
+    return isinstance(value, list) and bool(value)
+
+
+def check_coco_json(
+    data, json_file: Path, for_evaluation: bool = False, with_masks: bool = False
+) -> List:
     """Raises DatasetError listing what is wrong in the parsed COCO json ``data`` of
     ``json_file``: a missing or mistyped field, a duplicate id, an annotation whose image or
     category does not exist, a box that is not 4 finite numbers or has a negative size, no images.
     ``for_evaluation``: also require each annotation's ``area`` and ``iscrowd``, which COCO
-    evaluation (pycocotools) reads. Returns the ids of the annotations whose box has zero width
-    or height."""
+    evaluation (pycocotools) reads; ``with_masks``: and its ``segmentation``. Returns the ids of
+    the annotations whose box has zero width or height."""
     problems = _Problems(json_file)
     if not isinstance(data, dict):
         problems.add(
@@ -169,6 +179,8 @@ def check_coco_json(data, json_file: Path, for_evaluation: bool = False) -> List
         ):
             if key in annotation or for_evaluation:
                 problems.field(where, annotation, key, ok)
+        if with_masks:
+            problems.field(where, annotation, "segmentation", _is_segmentation)
         if problems.field(
             where,
             annotation,

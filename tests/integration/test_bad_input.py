@@ -347,6 +347,14 @@ def test_class_count_is_checked_for_every_meta_architecture(tmp_path, register, 
     check_datasets(tiny_cfg(arch, "DATASETS.TRAIN", (name,), "DATASETS.TEST", (), key, 2))
 
 
+def test_mask_model_on_a_dataset_without_masks_says_which_field_is_missing(tmp_path, register):
+    name = register("boxes_only", *write_dataset(tmp_path, num_classes=3))
+    cfg = tiny_cfg("CorrYOLACT", "DATASETS.TRAIN", (), "DATASETS.TEST", (name,))
+    with pytest.raises(DatasetError, match=r"no 'segmentation' \(needs the instance's mask"):
+        check_datasets(cfg)
+    check_datasets(tiny_cfg("CorrRetinaNet", "DATASETS.TRAIN", (), "DATASETS.TEST", (name,)))
+
+
 def test_class_count_keys_of_detectron2_models_and_unknown_datasets():
     assert num_classes_key("RetinaNet") == "MODEL.RETINANET.NUM_CLASSES"
     assert num_classes_key("GeneralizedRCNN") == "MODEL.ROI_HEADS.NUM_CLASSES"

@@ -28,7 +28,7 @@ import numpy as np
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
 from corrloss_d2.config import load_corrloss_config  # noqa: E402
 from corrloss_d2.data import synthetic  # noqa: E402
-from corrloss_d2.evaluation.report import MEASURES, load_run, write_figures, write_table  # noqa: E402
+from corrloss_d2.evaluation.report import load_run, measures, write_figures, write_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "CPU" / "retinanet_R_18_FPN_shapes_scratch.yaml"
@@ -114,7 +114,7 @@ def side_by_side(runs_per_weight) -> str:
     """Rows = measures, columns = models; several seeds give mean ± standard deviation."""
     header = ["measure"] + [model_name(w) for w in runs_per_weight]
     rows = []
-    for key, title in MEASURES:
+    for key, title in measures([run for runs in runs_per_weight.values() for run in runs]):
         cells = [title]
         for runs in runs_per_weight.values():
             values = np.array([run.metrics[key] for run in runs])
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
         if len(args.seeds) == 1
         else f"mean ± std over seeds {', '.join(map(str, args.seeds))}"
     )
-    print(f"\nCOCO box AP and score-IoU correlation on {runs[0].path.parent.name} ({seeds}):\n")
+    print(f"\nCOCO AP and score-IoU correlation on {runs[0].path.parent.name} ({seeds}):\n")
     print(side_by_side(runs_per_weight))
     print(f"\nTable and figures (total {time.time() - started:.0f} s):")
     for path in written.values():

@@ -7,7 +7,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -16,7 +16,9 @@ from .correlation import RESULTS_FILE
 
 __all__ = [
     "EvaluatedRun",
+    "MASK_AP",
     "MEASURES",
+    "measures",
     "FIGURES",
     "find_results",
     "load_run",
@@ -36,6 +38,8 @@ MEASURES = (
     ("br_recall@10", "BR recall@10"),
     ("br_recall@100", "BR recall@100"),
 )
+# COCO mask AP of a mask model's run (the last "segm/AP" of its metrics.json), shown after AP.
+MASK_AP = ("mask_ap", "mask AP")
 
 
 class EvaluatedRun(NamedTuple):
@@ -75,15 +79,37 @@ def _undefined_as_nan(value):
     return math.nan if value is None else value
 
 
+def measures(runs: Sequence[EvaluatedRun]) -> Tuple[Tuple[str, str], ...]:
+    """:data:`MEASURES`, with :data:`MASK_AP` after AP when some run has it."""
+    if any(MASK_AP[0] in run.metrics for run in runs):
+        return (MEASURES[0], MASK_AP, *MEASURES[1:])
+    return MEASURES
+
+
+def _final_mask_ap(run_folder: Path) -> Optional[float]:
+    metrics_file = run_folder / "metrics.json"
+    if not metrics_file.is_file():
+        return None
+    with open(metrics_file) as f:
+        values = [r["segm/AP"] for r in map(json.loads, f) if "segm/AP" in r]
+    return values[-1] if values else None
+
+
 def load_run(path, label: str = None) -> EvaluatedRun:
+    """The correlation evaluation of a run (its folder, or its results file); from a training
+    folder of a mask model also its final mask AP (``metrics["mask_ap"]``)."""
     results_file = find_results(path)
     with open(results_file) as f:
         content = json.load(f)
     tps = content["true_positives"]
+    metrics = {k: _undefined_as_nan(v) for k, v in content["metrics"].items()}
+    mask_ap = _final_mask_ap(Path(path)) if Path(path).is_dir() else None
+    if mask_ap is not None:
+        metrics[MASK_AP[0]] = mask_ap
     return EvaluatedRun(
         label=label or Path(path).name,
         path=results_file,
-        metrics={k: _undefined_as_nan(v) for k, v in content["metrics"].items()},
+        metrics=metrics,
         per_class=[{**p, "rho": _undefined_as_nan(p["rho"])} for p in content["per_class"]],
         tp_scores=np.asarray(tps["score"], dtype=np.float64),
         tp_ious=np.asarray(tps["iou"], dtype=np.float64),
@@ -92,15 +118,16 @@ def load_run(path, label: str = None) -> EvaluatedRun:
 
 
 def table_rows(runs: Sequence[EvaluatedRun]) -> List[List]:
-    """[label, value per :data:`MEASURES`] per run, values as the evaluator reported them."""
-    return [[run.label] + [run.metrics.get(key, math.nan) for key, _ in MEASURES] for run in runs]
+    """[label, value per measure (:func:`measures`)] per run, as the evaluator reported them."""
+    shown = measures(runs)
+    return [[run.label] + [run.metrics.get(key, math.nan) for key, _ in shown] for run in runs]
 
 
 def write_table(runs: Sequence[EvaluatedRun], output_dir) -> Dict[str, Path]:
     """``comparison.md`` (values rounded for reading) and ``comparison.csv`` (full precision)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    header = ["model"] + [title for _, title in MEASURES]
+    header = ["model"] + [title for _, title in measures(runs)]
     rows = table_rows(runs)
     markdown = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     markdown += ["| " + " | ".join([row[0]] + [f"{v:.3f}" for v in row[1:]]) + " |" for row in rows]

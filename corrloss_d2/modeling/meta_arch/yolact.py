@@ -2,7 +2,7 @@
 it (fehmikahraman/CorrLoss ``configs/CorrLoss/yolact_r50_4x8_coco*.py``)."""
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,26 @@ from .build import check_model_config
 __all__ = ["CorrYOLACT"]
 
 _MASK_CHUNK = 16  # masks upsampled to the output size at a time (bounds the float memory)
+
+
+class YolactPositives(NamedTuple):
+    """The P foreground anchors of a batch, in (image, anchor) row-major order.
+
+    image_index, anchor_index, gt_index: (P,) int64 image, anchor (over all levels) and index of
+    the matched ground truth in its image. classes: (P,) its class. anchor_boxes, gt_boxes:
+    (P, 4) XYXY. deltas: (P, 4) float32 predicted deltas (carry gradient). ious: (P,) IoU of the
+    decoded deltas with the ground truth, detached, in [1e-6, 1]. level_index: (P,) FPN level.
+    """
+
+    image_index: torch.Tensor
+    anchor_index: torch.Tensor
+    gt_index: torch.Tensor
+    classes: torch.Tensor
+    anchor_boxes: torch.Tensor
+    gt_boxes: torch.Tensor
+    deltas: torch.Tensor
+    ious: torch.Tensor
+    level_index: torch.Tensor
 
 
 @META_ARCH_REGISTRY.register()
@@ -285,84 +305,95 @@ class CorrYOLACT(DenseDetector):
             gt_labels, matched_indices: of :meth:`label_anchors`.
             gt_masks: per image (G, H_pad, W_pad) float masks on the padded batch canvas.
         """
-        num_images = len(gt_instances)
-        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
-        positives_per_image = pos_mask.sum(dim=1)
-        get_event_storage().put_scalar("num_pos_anchors", pos_mask.sum().item() / num_images)
+        positives = self.positive_samples(anchors, deltas, gt_labels, matched_indices, gt_instances)
+        get_event_storage().put_scalar(
+            "num_pos_anchors", len(positives.image_index) / len(gt_instances)
+        )
         # Released: every image counts at least one positive, each process its own.
+        positives_per_image = torch.bincount(positives.image_index, minlength=len(gt_instances))
         normalizer = positives_per_image.clamp(min=1).sum().item()
-
         loss_cls = sum(
             ohem_cross_entropy(
-                logits[i],
-                gt_labels[i],
+                image_logits,
+                image_labels,
                 background=self.num_classes,
                 neg_pos_ratio=self.neg_pos_ratio,
             )
-            for i in range(num_images)
+            for image_logits, image_labels in zip(logits, gt_labels)
         )
-        image_index, anchor_index = pos_mask.nonzero(as_tuple=True)
-        gt_index = matched_indices[image_index, anchor_index]
-        gt_boxes = cat([x.gt_boxes.tensor for x in gt_instances])
-        first_gt = F.pad(torch.tensor([len(x) for x in gt_instances]).cumsum(0), (1, 0))
-        matched_gt_boxes = gt_boxes[first_gt.to(gt_boxes.device)[image_index] + gt_index]
-        anchor_boxes = Boxes.cat(anchors).tensor[anchor_index]
-        positive_deltas = deltas[image_index, anchor_index].float()
-        gt_deltas = self.box2box_transform.get_deltas(anchor_boxes, matched_gt_boxes)
         loss_box = F.smooth_l1_loss(
-            positive_deltas, gt_deltas, beta=self.smooth_l1_beta, reduction="sum"
-        )
-
-        with torch.no_grad():
-            ious = matched_box_iou(
-                self.box2box_transform.apply_deltas(positive_deltas, anchor_boxes),
-                matched_gt_boxes,
-            )
-        level_sizes = torch.tensor([len(a) for a in anchors], device=logits.device)
-        level_of_anchor = torch.repeat_interleave(
-            torch.arange(len(anchors), device=logits.device), level_sizes
+            positives.deltas,
+            self.box2box_transform.get_deltas(positives.anchor_boxes, positives.gt_boxes),
+            beta=self.smooth_l1_beta,
+            reduction="sum",
         )
         gt_class_scores = (
-            logits[image_index, anchor_index]
+            logits[positives.image_index, positives.anchor_index]
             .float()
             .softmax(dim=-1)
-            .gather(1, gt_labels[image_index, anchor_index][:, None])[:, 0]
+            .gather(1, positives.classes[:, None])[:, 0]
         )
         corr = self.correlation_loss(
             None,
             gt_class_scores=gt_class_scores,
-            ious=ious,
-            image_index=image_index,
-            level_index=level_of_anchor[anchor_index],
+            ious=positives.ious,
+            image_index=positives.image_index,
+            level_index=positives.level_index,
         )
+        semantic_targets = self.semantic_targets(gt_instances, gt_masks, semantic_logits)
         return {
             "loss_cls": loss_cls / normalizer,
             "loss_box_reg": self.box_loss_weight * loss_box / normalizer,
             "loss_mask": self.mask_loss_weight
-            * self.mask_loss(
-                coefficients,
-                prototypes,
-                image_index,
-                anchor_index,
-                gt_index,
-                matched_gt_boxes,
-                gt_masks,
-            ),
+            * self.mask_loss(coefficients, prototypes, positives, gt_masks),
             "loss_semantic": self.semantic_loss_weight
-            * semantic_segmentation_loss(
-                semantic_logits, self.semantic_targets(gt_instances, gt_masks, semantic_logits)
-            ),
+            * semantic_segmentation_loss(semantic_logits, semantic_targets),
             **corr,
         }
+
+    def positive_samples(
+        self,
+        anchors: List[Boxes],
+        deltas: torch.Tensor,
+        gt_labels: torch.Tensor,
+        matched_indices: torch.Tensor,
+        gt_instances: List[Instances],
+    ) -> YolactPositives:
+        """The foreground anchors of the batch and what the losses need of them."""
+        image_index, anchor_index = ((gt_labels >= 0) & (gt_labels != self.num_classes)).nonzero(
+            as_tuple=True
+        )
+        gt_index = matched_indices[image_index, anchor_index]
+        first_gt = F.pad(torch.tensor([len(x) for x in gt_instances]).cumsum(0), (1, 0))
+        all_gt_boxes = cat([x.gt_boxes.tensor for x in gt_instances])
+        gt_boxes = all_gt_boxes[first_gt.to(all_gt_boxes.device)[image_index] + gt_index]
+        anchor_boxes = Boxes.cat(anchors).tensor[anchor_index]
+        positive_deltas = deltas[image_index, anchor_index].float()
+        with torch.no_grad():
+            ious = matched_box_iou(
+                self.box2box_transform.apply_deltas(positive_deltas, anchor_boxes), gt_boxes
+            )
+        level_of_anchor = torch.repeat_interleave(
+            torch.arange(len(anchors), device=deltas.device),
+            torch.tensor([len(a) for a in anchors], device=deltas.device),
+        )
+        return YolactPositives(
+            image_index,
+            anchor_index,
+            gt_index,
+            gt_labels[image_index, anchor_index],
+            anchor_boxes,
+            gt_boxes,
+            positive_deltas,
+            ious,
+            level_of_anchor[anchor_index],
+        )
 
     def mask_loss(
         self,
         coefficients: torch.Tensor,
         prototypes: torch.Tensor,
-        image_index: torch.Tensor,
-        anchor_index: torch.Tensor,
-        gt_index: torch.Tensor,
-        matched_gt_boxes: torch.Tensor,
+        positives: YolactPositives,
         gt_masks: List[torch.Tensor],
     ) -> torch.Tensor:
         """Mean over the trained positives (at most MAX_MASKS_TO_TRAIN per image, drawn at
@@ -371,18 +402,20 @@ class CorrYOLACT(DenseDetector):
         height, width = prototypes.shape[-2:]
         total, count = prototypes.sum() * 0 + coefficients.sum() * 0, 0  # connected: DDP
         for i, image_masks in enumerate(gt_masks):
-            selected = (image_index == i).nonzero()[:, 0]
+            selected = (positives.image_index == i).nonzero()[:, 0]
             if len(selected) > self.max_masks_to_train:
                 keep = torch.randperm(len(selected), device=selected.device)
                 selected = selected[keep[: self.max_masks_to_train]]
             if not len(selected):
                 continue
             with torch.no_grad():
-                targets = _resize_masks(image_masks, (height, width))[gt_index[selected]]
-                boxes = matched_gt_boxes[selected] / self.prototype_stride
+                targets = _resize_masks(image_masks, (height, width))[positives.gt_index[selected]]
+                boxes = positives.gt_boxes[selected] / self.prototype_stride
                 crop = box_crop_mask(boxes, height, width, self.mask_crop_padding)
                 areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            mask_logits = assemble_masks(prototypes[i], coefficients[i, anchor_index[selected]])
+            mask_logits = assemble_masks(
+                prototypes[i], coefficients[i, positives.anchor_index[selected]]
+            )
             total = total + cropped_mask_loss(mask_logits, targets, crop, areas).sum()
             count += len(selected)
         return total / max(count, 1)

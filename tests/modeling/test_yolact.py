@@ -1,10 +1,12 @@
 """CorrYOLACT end to end on tiny models: its losses, gradients, outputs and errors."""
 
+import numpy as np
 import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
+from detectron2.utils.visualizer import Visualizer
 
 from corrloss_d2.errors import ConfigError, DatasetError
 from corrloss_d2.modeling import CorrelationLoss, candidates
@@ -90,6 +92,19 @@ def test_inference_outputs_bit_masks_at_the_requested_size_inside_their_boxes():
             | (rows > box[:, 3] + margin)
         )
         assert not (instances.pred_masks & outside).any()
+
+
+def test_detectron2_visualizer_draws_the_masks():
+    model = tiny_model("CorrYOLACT", "MODEL.YOLACT.SCORE_THRESH_TEST", 0.0)
+    model.eval()
+    with torch.no_grad():
+        instances = model(synthetic_batch(1))[0]["instances"]
+    instances = instances[instances.pred_masks.flatten(1).sum(dim=1) > 20][:5]
+    assert len(instances), "the tiny model must give some non-empty masks to draw"
+    image = np.full((96, 112, 3), 128, dtype=np.uint8)
+    drawn = Visualizer(image).draw_instance_predictions(instances).get_image()
+    changed = (drawn != image).any(axis=2)
+    assert changed[instances.pred_masks.any(dim=0).numpy()].mean() > 0.9  # filled masks
 
 
 @pytest.mark.parametrize("nms_type", ["fast", "standard"])

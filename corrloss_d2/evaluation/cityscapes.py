@@ -125,10 +125,10 @@ class CityscapesInstanceLevelEvaluator(DatasetEvaluator):
     masks filled from ``pred_boxes`` (the official score of a box detector).
 
     ``evaluate()`` returns, on the main process, ``{"cityscapes_official_mask" or
-    "cityscapes_official_boxmask": {"AP", "AP50", "AP-<class>"}}`` in percent (NaN for a class
-    without ground truth), and ``{}`` elsewhere. Predictions of all processes are gathered to the
-    main process and evaluated there. The processed images are evaluated, as COCOEvaluator does:
-    an image without detections counts its ground truth as missed.
+    "cityscapes_official_boxmask": {"AP", "AP50", "AP-<class>", "AP50-<class>"}}`` in percent
+    (NaN for a class without ground truth), and ``{}`` elsewhere. Predictions of all processes
+    are gathered to the main process and evaluated there. The processed images are evaluated, as
+    COCOEvaluator does: an image without detections counts its ground truth as missed.
     """
 
     def __init__(self, dataset_name: str, output_dir: Optional[str] = None):
@@ -192,12 +192,9 @@ class CityscapesInstanceLevelEvaluator(DatasetEvaluator):
                 prediction_files, gt_files, work_dir, export_file
             )["averages"]
         metrics = {"AP": 100 * float(averages["allAp"]), "AP50": 100 * float(averages["allAp50%"])}
-        metrics.update(
-            {
-                f"AP-{name}": 100 * float(class_averages["ap"])
-                for name, class_averages in averages["classes"].items()
-            }
-        )
+        for name, class_averages in averages["classes"].items():
+            metrics[f"AP-{name}"] = 100 * float(class_averages["ap"])
+            metrics[f"AP50-{name}"] = 100 * float(class_averages["ap50%"])
         logger.info(f"Official Cityscapes instance-level evaluation ({key}): {metrics}")
         return {key: metrics}
 

@@ -305,6 +305,7 @@ def test_ground_truth_fed_back_scores_100_in_box_ap_and_official_mask_ap(
     assert official["AP"] == pytest.approx(100.0) and official["AP50"] == pytest.approx(100.0)
     for name in ("person", "rider", "car", "bus", "bicycle"):
         assert official[f"AP-{name}"] == pytest.approx(100.0)
+        assert official[f"AP50-{name}"] == pytest.approx(100.0)
     assert all(np.isnan(official[f"AP-{name}"]) for name in ("truck", "train", "motorcycle"))
     # nothing in the current directory or the toolkit's folder; the full result in the output folder
     assert os.listdir(tmp_path) == ["out"]

@@ -230,8 +230,8 @@ def add_corrloss_config(cfg: CN) -> None:
     # MIN_SIZE_TRAIN[0] square resize ignoring the aspect ratio, flip; the test images are
     # resized to a MIN_SIZE_TEST square).
     cfg.INPUT.TRAIN_AUGMENTATION = "detectron2"
-    # Training drops ground truths whose box is narrower or shorter than this many pixels of the
-    # original image, before augmentation (YOLACT's released recipe: 4.0).
+    # Training drops ground truths whose box is at most this many pixels of the original image
+    # wide or tall, and the images left without one (YOLACT's released recipe: 4.0; 0 keeps all).
     cfg.INPUT.MIN_BOX_SIDE_TRAIN = 0.0
 
     # Score-localisation correlation measures (corrloss_d2.evaluation.CorrelationEvaluator),

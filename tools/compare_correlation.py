@@ -117,7 +117,7 @@ def side_by_side(runs_per_weight) -> str:
     for key, title in measures([run for runs in runs_per_weight.values() for run in runs]):
         cells = [title]
         for runs in runs_per_weight.values():
-            values = np.array([run.metrics[key] for run in runs])
+            values = np.array([run.metrics.get(key, np.nan) for run in runs])
             cells.append(
                 f"{values[0]:.3f}"
                 if len(values) == 1

@@ -70,20 +70,14 @@ def build_train_augmentation(cfg) -> List[T.Augmentation]:
 
 
 class CheckedDatasetMapper(DatasetMapper):
-    """detectron2's DatasetMapper (same arguments, and ``min_box_side``); an image it cannot read
-    (a missing file, a truncated or corrupt image) raises
-    :class:`~corrloss_d2.errors.ImageReadError` naming the file and its dataset entry, where
-    PIL's own error may not name the file. In training, ground truths whose box is narrower or
-    shorter than ``min_box_side`` pixels are dropped before augmentation, and
-    :class:`BoxAwareAugmentations` get the image's other (non-crowd) boxes."""
-
-    def __init__(self, *args, min_box_side: float = 0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.min_box_side = min_box_side
+    """detectron2's DatasetMapper (same arguments); an image it cannot read (a missing file, a
+    truncated or corrupt image) raises :class:`~corrloss_d2.errors.ImageReadError` naming the
+    file and its dataset entry, where PIL's own error may not name the file. In training,
+    :class:`BoxAwareAugmentations` get the image's (non-crowd) boxes."""
 
     def __call__(self, dataset_dict):
-        if self.is_train and "annotations" in dataset_dict:
-            dataset_dict = self._boxes_for_augmentations(dataset_dict)
+        if self.is_train:
+            self._boxes_for_augmentations(dataset_dict.get("annotations", ()))
         try:
             return super().__call__(dataset_dict)
         except (OSError, SyntaxError) as error:  # what opening and decoding an image raise
@@ -94,19 +88,15 @@ class CheckedDatasetMapper(DatasetMapper):
                 "dataset's annotation file"
             ) from error
 
-    def _boxes_for_augmentations(self, dataset_dict):
-        annotations, boxes = [], []
-        for annotation in dataset_dict["annotations"]:
-            box = BoxMode.convert(annotation["bbox"], annotation["bbox_mode"], BoxMode.XYXY_ABS)
-            if min(box[2] - box[0], box[3] - box[1]) < self.min_box_side:
-                continue
-            annotations.append(annotation)
-            if not annotation.get("iscrowd", 0):
-                boxes.append(box)
+    def _boxes_for_augmentations(self, annotations) -> None:
+        boxes = [
+            BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+            for a in annotations
+            if not a.get("iscrowd", 0)
+        ]
         for augmentation in self.augmentations.augs:
             if isinstance(augmentation, BoxAwareAugmentations):
                 augmentation.boxes = np.array(boxes, dtype=np.float32).reshape(-1, 4)
-        return {**dataset_dict, "annotations": annotations}
 
 
 def build_train_mapper(cfg) -> CheckedDatasetMapper:
@@ -116,7 +106,6 @@ def build_train_mapper(cfg) -> CheckedDatasetMapper:
         **{
             **DatasetMapper.from_config(cfg, is_train=True),
             "augmentations": build_train_augmentation(cfg),
-            "min_box_side": cfg.INPUT.MIN_BOX_SIDE_TRAIN,
         }
     )
 

@@ -19,9 +19,12 @@ from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
+    get_detection_dataset_dicts,
 )
+from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, RetinaNet
 from detectron2.modeling.meta_arch.fcos import FCOS
+from detectron2.structures import BoxMode
 
 from ..errors import DatasetError
 from .coco_json import check_coco_json, read_coco_json
@@ -169,11 +172,36 @@ def _raise_if_nothing_to_train_on(cfg) -> None:
         )
 
 
+def without_small_boxes(dataset_dicts: List[Dict], min_side: float) -> List[Dict]:
+    """The dataset dicts without the ground truths whose box is at most ``min_side`` pixels wide
+    or tall (the released YOLACT's FilterAnnotations)."""
+    kept = []
+    for record in dataset_dicts:
+        annotations = []
+        for annotation in record.get("annotations", ()):
+            box = BoxMode.convert(annotation["bbox"], annotation["bbox_mode"], BoxMode.XYXY_ABS)
+            if min(box[2] - box[0], box[3] - box[1]) > min_side:
+                annotations.append(annotation)
+        kept.append({**record, "annotations": annotations})
+    return kept
+
+
 def build_checked_train_loader(cfg, mapper=None, **kwargs):
     """detectron2's ``build_detection_train_loader(cfg, mapper=mapper, **kwargs)`` after
     :func:`check_datasets` (DATASETS.TRAIN and DATASETS.TEST, so that a test set that does not
-    fit fails before training); where no image is left to train on, a DatasetError says why."""
+    fit fails before training); where no image is left to train on, a DatasetError says why.
+    With INPUT.MIN_BOX_SIDE_TRAIN > 0 the small boxes are dropped first
+    (:func:`without_small_boxes`), and with them the images left without a box when
+    DATALOADER.FILTER_EMPTY_ANNOTATIONS."""
     check_datasets(cfg)
+    if cfg.INPUT.MIN_BOX_SIDE_TRAIN > 0 and "dataset" not in kwargs:
+        dicts = without_small_boxes(
+            get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False),
+            cfg.INPUT.MIN_BOX_SIDE_TRAIN,
+        )
+        if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+            dicts = filter_images_with_only_crowd_annotations(dicts)
+        kwargs["dataset"] = dicts
     try:
         return build_detection_train_loader(cfg, mapper=mapper, **kwargs)
     except AssertionError:  # detectron2 asserts that datasets are not empty

@@ -19,8 +19,10 @@ def _distort(
     contrast_first: bool,
     saturation: float,
     hue: float,
+    channel_order: Sequence[int] = (0, 1, 2),
 ) -> np.ndarray:
-    """(H, W, 3) uint8 image with the sampled distortions (1.0 / 0 leave a step out)."""
+    """(H, W, 3) uint8 image with the sampled distortions (1.0 / 0 / the identity order leave a
+    step out); ``hue`` in PIL's 0-255 units."""
     result = image.astype(np.float32) + brightness
     if contrast_first:
         result *= contrast
@@ -35,15 +37,16 @@ def _distort(
         result = np.asarray(hsv_image.convert("RGB"), np.float32)
     if not contrast_first:
         result *= contrast
+    result = result[..., list(channel_order)]
     return np.clip(np.round(result), 0, 255).astype(np.uint8)
 
 
 class PhotometricDistortion(T.Augmentation):
     """mmdetection's PhotoMetricDistortion: each with probability 0.5, a brightness shift in
     ±``brightness_delta``, a contrast factor in ``contrast_range`` (before or after the colour
-    steps, at random), a saturation factor in ``saturation_range`` and a hue shift in
-    ±``hue_delta`` (OpenCV's 0-180 hue scale). The colour steps assume RGB; on BGR the hue turns
-    the other way, which its symmetric range makes the same augmentation."""
+    steps, at random), a saturation factor in ``saturation_range``, a hue shift in
+    ±``hue_delta`` degrees and a random order of the channels. The colour steps assume RGB; on
+    BGR the hue turns the other way, which its symmetric range makes the same augmentation."""
 
     def __init__(
         self,
@@ -71,8 +74,9 @@ class PhotometricDistortion(T.Augmentation):
                 contrast=maybe(lambda: np.random.uniform(*self.contrast_range), 1.0),
                 saturation=maybe(lambda: np.random.uniform(*self.saturation_range), 1.0),
                 hue=maybe(
-                    lambda: np.random.uniform(-self.hue_delta, self.hue_delta) * 256 / 180, 0.0
+                    lambda: np.random.uniform(-self.hue_delta, self.hue_delta) * 256 / 360, 0.0
                 ),
+                channel_order=maybe(lambda: tuple(np.random.permutation(3)), (0, 1, 2)),
             )
         )
 

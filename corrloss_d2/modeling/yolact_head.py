@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["YolactHead", "Protonet"]
+__all__ = ["YolactHead", "Protonet", "xavier_conv"]
 
 
-def _conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
+def xavier_conv(in_channels: int, out_channels: int, kernel_size: int) -> nn.Conv2d:
+    """A same-padded convolution initialised as the released YOLACT heads (Xavier, zero bias)."""
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
-    nn.init.xavier_uniform_(conv.weight)  # the released heads' initialisation
+    nn.init.xavier_uniform_(conv.weight)
     nn.init.zeros_(conv.bias)
     return conv
 
@@ -35,11 +36,11 @@ class YolactHead(nn.Module):
         super().__init__()
         layers = []
         for _ in range(num_convs):
-            layers += [_conv(in_channels, in_channels, 3), nn.ReLU(inplace=True)]
+            layers += [xavier_conv(in_channels, in_channels, 3), nn.ReLU(inplace=True)]
         self.tower = nn.Sequential(*layers)
-        self.cls_logits = _conv(in_channels, num_anchors * (num_classes + 1), 3)
-        self.bbox_pred = _conv(in_channels, num_anchors * 4, 3)
-        self.coefficients = _conv(in_channels, num_anchors * num_prototypes, 3)
+        self.cls_logits = xavier_conv(in_channels, num_anchors * (num_classes + 1), 3)
+        self.bbox_pred = xavier_conv(in_channels, num_anchors * 4, 3)
+        self.coefficients = xavier_conv(in_channels, num_anchors * num_prototypes, 3)
 
     def forward(
         self, features: List[torch.Tensor]
@@ -68,17 +69,17 @@ class Protonet(nn.Module):
     def __init__(self, *, in_channels: int, channels: int, num_prototypes: int):
         super().__init__()
         self.before_upsampling = nn.Sequential(
-            _conv(in_channels, channels, 3),
+            xavier_conv(in_channels, channels, 3),
             nn.ReLU(inplace=True),
-            _conv(channels, channels, 3),
+            xavier_conv(channels, channels, 3),
             nn.ReLU(inplace=True),
-            _conv(channels, channels, 3),
+            xavier_conv(channels, channels, 3),
             nn.ReLU(inplace=True),
         )
         self.after_upsampling = nn.Sequential(
-            _conv(channels, channels, 3),
+            xavier_conv(channels, channels, 3),
             nn.ReLU(inplace=True),
-            _conv(channels, num_prototypes, 1),
+            xavier_conv(channels, num_prototypes, 1),
             nn.ReLU(inplace=True),
         )
 

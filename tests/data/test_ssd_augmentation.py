@@ -7,12 +7,15 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 from PIL import Image
 
 from corrloss_d2.config import validate_corrloss_config
+from corrloss_d2.data import checks
 from corrloss_d2.data.augmentation import build_test_mapper, build_train_mapper
+from corrloss_d2.data.checks import without_small_boxes
 from corrloss_d2.data.ssd_augmentation import Expand, PhotometricDistortion, _distort
 from tests.tiny import tiny_cfg
 
@@ -29,6 +32,8 @@ def test_distortion_steps_against_their_definitions():
     h, s, v = colorsys.rgb_to_hsv(*(pixel[0, 0] / 255.0))
     expected = 255 * np.array(colorsys.hsv_to_rgb((h + 1 / 6) % 1, s / 2, v))
     assert np.abs(out[0, 0].astype(float) - expected).max() <= 4  # PIL's 8-bit HSV
+    swapped = _distort(image, **{**unchanged, "channel_order": (2, 0, 1)})
+    assert np.array_equal(swapped, image[..., [2, 0, 1]])
 
 
 def test_expand_places_the_image_on_a_canvas_of_the_mean():
@@ -70,7 +75,7 @@ def shapes_like_record(tmp_path):
     return {"file_name": file_name, "height": 160, "width": 160, "annotations": annotations}
 
 
-def test_yolact_mapper_drops_small_boxes_and_keeps_boxes_masks_and_image_together(tmp_path):
+def test_yolact_mapper_keeps_boxes_masks_and_image_together(tmp_path):
     cfg = tiny_cfg(
         "CorrYOLACT",
         "INPUT.TRAIN_AUGMENTATION",
@@ -81,8 +86,6 @@ def test_yolact_mapper_drops_small_boxes_and_keeps_boxes_masks_and_image_togethe
         (96,),
         "INPUT.MIN_SIZE_TEST",
         64,
-        "INPUT.MIN_BOX_SIDE_TRAIN",
-        4.0,
     )
     cfg.MODEL.MASK_ON = True
     mapper = build_train_mapper(cfg)
@@ -93,7 +96,7 @@ def test_yolact_mapper_drops_small_boxes_and_keeps_boxes_masks_and_image_togethe
         mapped = mapper(record)
         assert mapped["image"].shape[1:] == (96, 96)  # a square whatever the crop
         instances = mapped["instances"]
-        assert len(instances) <= 2  # the 3-pixel-wide box is dropped
+        assert len(instances) <= 3
         masks = instances.gt_masks.tensor
         for box, mask in zip(instances.gt_boxes.tensor, masks):
             ys, xs = torch.nonzero(mask, as_tuple=True)
@@ -104,6 +107,34 @@ def test_yolact_mapper_drops_small_boxes_and_keeps_boxes_masks_and_image_togethe
     assert len(sizes) > 5  # zoom-outs and crops change the boxes from draw to draw
     test_mapper = build_test_mapper(cfg)
     assert test_mapper(record)["image"].shape[1:] == (64, 64)
+
+
+def test_boxes_at_most_min_box_side_are_dropped_with_the_images_left_empty(monkeypatch, tmp_path):
+    record = shapes_like_record(tmp_path)  # boxes 60 x 40, 20 x 50 and 3 x 35
+    tiny_only = {**record, "annotations": record["annotations"][2:]}
+    kept = without_small_boxes([record, tiny_only], 3.0)
+    assert [len(r["annotations"]) for r in kept] == [2, 0]
+    assert [len(r["annotations"]) for r in without_small_boxes([record], 2.9)] == [3]
+    # the train loader gets the filtered dicts, without the images left empty
+    DatasetCatalog.register("corrloss_test_small_boxes", lambda: [record, tiny_only])
+    MetadataCatalog.get("corrloss_test_small_boxes").thing_classes = ["a", "b", "c"]
+    built = {}
+    monkeypatch.setattr(checks, "build_detection_train_loader", lambda cfg, **kw: built.update(kw))
+    try:
+        cfg = tiny_cfg(
+            "CorrYOLACT",
+            "DATASETS.TRAIN",
+            ("corrloss_test_small_boxes",),
+            "DATASETS.TEST",
+            (),
+            "INPUT.MIN_BOX_SIDE_TRAIN",
+            4.0,
+        )
+        checks.build_checked_train_loader(cfg, mapper=None)
+    finally:
+        DatasetCatalog.remove("corrloss_test_small_boxes")
+        MetadataCatalog.remove("corrloss_test_small_boxes")
+    assert [len(r["annotations"]) for r in built["dataset"]] == [2]
 
 
 def test_min_box_side_is_checked():

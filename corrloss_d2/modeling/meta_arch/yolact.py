@@ -24,7 +24,7 @@ from ...losses import cropped_mask_loss, ohem_cross_entropy, semantic_segmentati
 from .. import candidates as candidate_recording
 from ..backbone import backbone_feature_shapes
 from ..correlation_loss import CorrelationLoss, matched_box_iou
-from ..yolact_head import Protonet, YolactHead
+from ..yolact_head import Protonet, YolactHead, xavier_conv
 from .build import check_model_config
 
 __all__ = ["CorrYOLACT"]
@@ -178,7 +178,7 @@ class CorrYOLACT(DenseDetector):
                 channels=node.PROTONET_DIM,
                 num_prototypes=node.NUM_PROTOTYPES,
             ),
-            "semantic_head": nn.Conv2d(channels, node.NUM_CLASSES, kernel_size=1),
+            "semantic_head": xavier_conv(channels, node.NUM_CLASSES, 1),
             "head_in_features": node.IN_FEATURES,
             "prototype_stride": shapes[0].stride // 2,  # the protonet upsamples x2
             "anchor_generator": anchor_generator,

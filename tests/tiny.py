@@ -2,7 +2,6 @@
 (through the fixtures of ``tests/conftest.py``, and imported directly where a fixture cannot
 reach: module-level parameters and the functions spawned processes run)."""
 
-import json
 import os
 
 import torch
@@ -13,7 +12,6 @@ from detectron2.structures import BitMasks, Boxes, Instances
 import corrloss_d2  # noqa: F401
 from corrloss_d2 import add_corrloss_config
 from corrloss_d2.data import synthetic
-from corrloss_d2.data.datasets import COCO_DATASETS_ENV
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # train_net.py overrides for runs of a few iterations on small images.
@@ -211,22 +209,14 @@ def copypaste_box_ap(log: str) -> float:
     return float(values.split("copypaste: ")[1].split(",")[0])
 
 
-def register_shapes_subset(monkeypatch, folder, split: str, images: int) -> str:
-    """Writes the first ``images`` images of the "shapes" ``split`` as a COCO json of their own
-    into ``folder`` and registers it for train_net.py runs (through $CORRLOSS_COCO_DATASETS) as
-    ``shapes_<split>_<images>``, the name returned."""
-    paths = synthetic.ensure_shapes_dataset()
-    with open(paths[f"json:{split}"]) as f:
-        data = json.load(f)
-    kept = {image["id"] for image in data["images"][:images]}
-    subset = {
-        "images": [i for i in data["images"] if i["id"] in kept],
-        "annotations": [a for a in data["annotations"] if a["image_id"] in kept],
-        "categories": data["categories"],
-    }
-    name = f"shapes_{split}_{images}"
-    json_file = os.path.join(folder, f"{name}.json")
-    with open(json_file, "w") as f:
-        json.dump(subset, f)
-    monkeypatch.setenv(COCO_DATASETS_ENV, f"{name}={json_file}:{paths[f'images:{split}']}")
-    return name
+def shapes_heads(folder, heads) -> str:
+    """Draws the first ``heads[split]`` images of each "shapes" split into ``folder`` with the
+    generator and the split's seed (the same images as the cached dataset's first ones: its
+    splits are prefix-stable), and returns the $CORRLOSS_COCO_DATASETS value that registers them
+    as ``shapes_<split>_head`` for train_net.py runs."""
+    entries = []
+    for split, num_images in heads.items():
+        seed = synthetic.SHAPES_SPLITS[split][1]
+        json_file = synthetic.generate_split(folder, split, num_images, seed)
+        entries.append(f"shapes_{split}_head={json_file}:{os.path.join(folder, 'images', split)}")
+    return ";".join(entries)

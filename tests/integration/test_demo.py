@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from corrloss_d2.data import synthetic
 from corrloss_d2.data.datasets import COCO_DATASETS_ENV
 from corrloss_d2.evaluation.report import MEASURES
+from tests.tiny import shapes_heads
 
 pytestmark = pytest.mark.slow
 
@@ -58,13 +58,10 @@ def demo(tmp_path_factory):
     with the splits' seeds, so they are the first images of shapes_train / shapes_val (prefix
     stable), without drawing the 2100 images of the whole dataset."""
     folder = tmp_path_factory.mktemp("demo")
-    heads = {"train": 16, "val": 12}
-    datasets = []
-    for split, num_images in heads.items():
-        seed = synthetic.SHAPES_SPLITS[split][1]
-        json_file = synthetic.generate_split(folder / "shapes", split, num_images, seed)
-        datasets.append(f"shapes_{split}_head={json_file}:{folder / 'shapes' / 'images' / split}")
-    env = {**os.environ, COCO_DATASETS_ENV: ";".join(datasets)}
+    env = {
+        **os.environ,
+        COCO_DATASETS_ENV: shapes_heads(folder / "shapes", {"train": 16, "val": 12}),
+    }
     output = run_tool(
         "compare_correlation.py",
         "--output-dir",

@@ -20,8 +20,9 @@ import time
 import pytest
 import torch
 
+from corrloss_d2.data.datasets import COCO_DATASETS_ENV
 from corrloss_d2.engine import FORWARDED_STOP_SIGNAL, StopOnSignal
-from tests.tiny import FAST, REPO, register_shapes_subset
+from tests.tiny import FAST, REPO, shapes_heads
 
 pytestmark = pytest.mark.slow
 
@@ -150,7 +151,14 @@ DINO_LOSSES = {"total_loss", "loss_corr_layer0", "loss_corr_layer1"} | {
 # YOLACT on the embedded shapes with its released augmentation: random photometric distortion,
 # zoom-out and crops (numpy's and Python's random state) in the loader's two workers; it is the
 # one-process case whose evaluation (box and mask AP) is compared.
-YOLACT_OPTS = ("MODEL.CORR_LOSS.WEIGHT", "0.4", "INPUT.TRAIN_AUGMENTATION", "yolact")
+YOLACT_OPTS = (
+    "MODEL.CORR_LOSS.WEIGHT",
+    "0.4",
+    "INPUT.TRAIN_AUGMENTATION",
+    "yolact",
+    "DATASETS.TEST",
+    "('shapes_val_head',)",  # the first 16 held-out images, registered by the test
+)
 YOLACT_LOSSES = {
     "total_loss",
     "loss_cls",
@@ -179,12 +187,8 @@ YOLACT_LOSSES = {
 def test_sigterm_then_resume_matches_uninterrupted_run(
     tmp_path, config, flags, opts, signal_name, loss_names, metrics, monkeypatch
 ):
-    if config == YOLACT_CONFIG:  # evaluated (box and mask AP) on 16 images of the shapes
-        opts = (
-            *opts,
-            "DATASETS.TEST",
-            f"('{register_shapes_subset(monkeypatch, tmp_path, 'val', 16)}',)",
-        )
+    if config == YOLACT_CONFIG:
+        monkeypatch.setenv(COCO_DATASETS_ENV, shapes_heads(tmp_path / "shapes", {"val": 16}))
     script = str(tmp_path / "train_net_logged.py")
     with open(script, "w") as f:
         f.write(LOGGED_TRAIN_NET)

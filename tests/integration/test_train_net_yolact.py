@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from tests.tiny import REPO, register_shapes_subset
+from corrloss_d2.data.datasets import COCO_DATASETS_ENV
+from tests.tiny import REPO, shapes_heads
 
 pytestmark = pytest.mark.slow
 
@@ -20,15 +21,15 @@ def test_yolact_learns_masks_on_shapes_and_reports_segm_ap(
     # 60 iterations over 16 images it then segments again: enough for masks above AP 0
     # (seed 0 here: box AP 4.6, mask AP 3.0; from scratch on all the data it takes ~150
     # iterations of 8 images).
-    subset = register_shapes_subset(monkeypatch, tmp_path, "train", 16)
+    monkeypatch.setenv(COCO_DATASETS_ENV, shapes_heads(tmp_path, {"train": 16}))
     out = str(tmp_path / "out")
     log = train_net(
         "--config-file",
         CONFIG,
         "DATASETS.TRAIN",
-        f"('{subset}',)",
+        "('shapes_train_head',)",
         "DATASETS.TEST",
-        f"('{subset}',)",
+        "('shapes_train_head',)",
         "SOLVER.MAX_ITER",
         "60",
         "SOLVER.IMS_PER_BATCH",

@@ -220,8 +220,10 @@ class CorrYOLACT(DenseDetector):
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         features = [features[f] for f in self.head_in_features]
-        detections, candidates = self.forward_inference(images, features, self.head(features))
         recording = candidate_recording.is_recording()
+        detections, candidates = self.forward_inference(
+            images, features, self.head(features), with_candidates=recording
+        )
         outputs = []
         for image_detections, image_candidates, inputs, image_size in zip(
             detections, candidates, batched_inputs, images.image_sizes
@@ -435,14 +437,17 @@ class CorrYOLACT(DenseDetector):
 
     # ---- inference ------------------------------------------------------------------------
 
-    def forward_inference(self, images: ImageList, features, predictions):
+    def forward_inference(
+        self, images: ImageList, features, predictions, with_candidates: bool = False
+    ):
         """
         Returns:
             detections: per image, Instances (input size) with ``pred_boxes``, ``scores``,
                 ``pred_classes`` and ``mask_probs`` ((D, Hp, Wp) cropped mask probabilities on
                 the prototype grid of the padded batch).
-            candidates: per image, the (box, class) pairs above SCORE_THRESH_TEST that entered
-                NMS (``pred_boxes``, ``scores``, ``pred_classes``).
+            candidates: per image, with ``with_candidates`` the (box, class) pairs above
+                SCORE_THRESH_TEST that entered NMS (``pred_boxes``, ``scores``,
+                ``pred_classes``), else None.
         """
         logits, deltas, coefficients = self._transpose_dense_predictions(
             predictions, [self.num_classes + 1, 4, self.num_prototypes]
@@ -470,7 +475,9 @@ class CorrYOLACT(DenseDetector):
             )
             result.mask_probs = mask_probs * crop
             detections.append(result)
-            candidates.append(self._candidates(boxes, scores, image_size))
+            candidates.append(
+                self._candidates(boxes, scores, image_size) if with_candidates else None
+            )
         return detections, candidates
 
     def candidate_boxes(self, anchors, logits, deltas, coefficients, image_size):
@@ -505,17 +512,21 @@ class CorrYOLACT(DenseDetector):
                 top_k=self.test_nms_top_k,
                 max_detections=self.max_detections_per_image,
             )
-        box_index, classes = (scores > self.test_score_thresh).nonzero(as_tuple=True)
-        pair_scores = scores[box_index, classes]
+        box_index, classes, pair_scores = self._pairs_above_threshold(scores)
         keep = batched_nms(boxes[box_index], pair_scores, classes, self.test_nms_thresh)
         keep = keep[: self.max_detections_per_image]
         return box_index[keep], classes[keep], pair_scores[keep]
 
-    def _candidates(self, boxes, scores, image_size) -> Instances:
+    def _pairs_above_threshold(self, scores: torch.Tensor):
+        """(box index, class, score) of the (R, K) scores above SCORE_THRESH_TEST."""
         box_index, classes = (scores > self.test_score_thresh).nonzero(as_tuple=True)
+        return box_index, classes, scores[box_index, classes]
+
+    def _candidates(self, boxes, scores, image_size) -> Instances:
+        box_index, classes, pair_scores = self._pairs_above_threshold(scores)
         candidates = Instances(image_size)
         candidates.pred_boxes = Boxes(boxes[box_index])
-        candidates.scores = scores[box_index, classes]
+        candidates.scores = pair_scores
         candidates.pred_classes = classes
         return candidates
 

@@ -89,14 +89,16 @@ class CheckedDatasetMapper(DatasetMapper):
             ) from error
 
     def _boxes_for_augmentations(self, annotations) -> None:
+        box_aware = [a for a in self.augmentations.augs if isinstance(a, BoxAwareAugmentations)]
+        if not box_aware:  # the common case: no per-sample work
+            return
         boxes = [
             BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
             for a in annotations
             if not a.get("iscrowd", 0)
         ]
-        for augmentation in self.augmentations.augs:
-            if isinstance(augmentation, BoxAwareAugmentations):
-                augmentation.boxes = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+        for augmentation in box_aware:
+            augmentation.boxes = np.array(boxes, dtype=np.float32).reshape(-1, 4)
 
 
 def build_train_mapper(cfg) -> CheckedDatasetMapper:

@@ -230,7 +230,8 @@ class CorrelationLoss(nn.Module):
                 calls it once per stage (e.g. "_stage0": ``loss_corr_stage0``,
                 ``corr/rho_stage0``).
         Returns:
-            ``{loss_name + name_suffix: λ·(1 − mean ρ)}``, or an empty dict when ``weight`` is 0.
+            ``{loss_name + name_suffix: λ·(1 − mean ρ)}`` (λ·Σ (1 − ρ) with ``group_reduction``
+            "sum"), or an empty dict when ``weight`` is 0.
         """
         if (gt_class_logits is None) == (gt_class_scores is None):
             raise ValueError("CorrelationLoss takes gt_class_logits or gt_class_scores (one)")

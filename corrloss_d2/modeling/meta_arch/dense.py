@@ -17,7 +17,14 @@ from .. import candidates as candidate_recording
 from ..classification_loss import ClassificationLoss
 from ..correlation_loss import CorrelationLoss, matched_box_iou
 
-__all__ = ["DensePositives", "DenseLosses", "CorrelationAwareDenseMixin"]
+__all__ = ["DensePositives", "DenseLosses", "CorrelationAwareDenseMixin", "anchor_levels"]
+
+
+def anchor_levels(anchors: List[Boxes]) -> torch.Tensor:
+    """(R,) int64 FPN level of each anchor of the per-level ``anchors``, concatenated."""
+    device = anchors[0].tensor.device
+    level_sizes = torch.tensor([len(a) for a in anchors], device=device)
+    return torch.repeat_interleave(torch.arange(len(anchors), device=device), level_sizes)
 
 
 class DensePositives(NamedTuple):
@@ -177,10 +184,7 @@ class CorrelationAwareDenseMixin:
         image_index, anchor_index = pos_mask.nonzero(as_tuple=True)
         labels = gt_labels[image_index, anchor_index]
         gt_class_logits = logits[image_index, anchor_index, labels]
-        level_sizes = torch.tensor([len(a) for a in anchors], device=logits.device)
-        level_of_anchor = torch.repeat_interleave(
-            torch.arange(len(anchors), device=logits.device), level_sizes
-        )
+        level_of_anchor = anchor_levels(anchors)
         deltas = cat(pred_anchor_deltas, dim=1)[image_index, anchor_index]
         with torch.no_grad():
             anchor_boxes = Boxes.cat(anchors).tensor[anchor_index]

@@ -26,6 +26,7 @@ from ..backbone import backbone_feature_shapes
 from ..correlation_loss import CorrelationLoss, matched_box_iou
 from ..yolact_head import Protonet, YolactHead, xavier_conv
 from .build import check_model_config
+from .dense import anchor_levels
 
 __all__ = ["CorrYOLACT"]
 
@@ -375,10 +376,6 @@ class CorrYOLACT(DenseDetector):
             ious = matched_box_iou(
                 self.box2box_transform.apply_deltas(positive_deltas, anchor_boxes), gt_boxes
             )
-        level_of_anchor = torch.repeat_interleave(
-            torch.arange(len(anchors), device=deltas.device),
-            torch.tensor([len(a) for a in anchors], device=deltas.device),
-        )
         return YolactPositives(
             image_index,
             anchor_index,
@@ -388,7 +385,7 @@ class CorrYOLACT(DenseDetector):
             gt_boxes,
             positive_deltas,
             ious,
-            level_of_anchor[anchor_index],
+            anchor_levels(anchors)[anchor_index],
         )
 
     def mask_loss(

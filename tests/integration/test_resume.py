@@ -48,12 +48,17 @@ COMMON = [
     "False",
 ]
 
-# train_net.py's trainer with one more hook: every iteration's losses to OUTPUT_DIR/losses.jsonl
-# (the metrics.json writer reports medians over 20 iterations).
+STOP_AFTER = 3  # the iteration after which the interrupted run stops
+# train_net.py's trainer with two more hooks: every iteration's losses to OUTPUT_DIR/losses.jsonl
+# (the metrics.json writer reports medians over 20 iterations); and, with
+# $WAIT_FOR_STOP_SIGNAL_AFTER = 2, a pause of the main process after iteration 2 (its checkpoint
+# written) until the stop signal arrives (announced by the file OUTPUT_DIR/waiting): the run
+# stops after iteration 3 however slowly a busy machine runs the test beside it (it used to
+# signal once the checkpoint appeared, and the stop iteration depended on the load).
 LOGGED_TRAIN_NET = textwrap.dedent("""
-    import json, os
+    import json, os, time
     import detectron2.utils.comm as comm
-    from corrloss_d2.engine import CorrLossTrainer, launch_main, main
+    from corrloss_d2.engine import CorrLossTrainer, StopOnSignal, launch_main, main
     from detectron2.engine import HookBase, default_argument_parser
 
     class LossLog(HookBase):
@@ -66,9 +71,20 @@ LOGGED_TRAIN_NET = textwrap.dedent("""
             with open(os.path.join(self.trainer.cfg.OUTPUT_DIR, "losses.jsonl"), "a") as f:
                 f.write(json.dumps({"iteration": self.trainer.iter, **losses}) + "\\n")
 
+    class WaitForStopSignal(HookBase):
+        def after_step(self):
+            after = os.environ.get("WAIT_FOR_STOP_SIGNAL_AFTER")
+            if after is None or self.trainer.iter != int(after) or not comm.is_main_process():
+                return
+            stop = next(h for h in self.trainer._hooks if isinstance(h, StopOnSignal))
+            open(os.path.join(self.trainer.cfg.OUTPUT_DIR, "waiting"), "w").close()
+            deadline = time.time() + 600  # a test that never signals fails instead of hanging
+            while stop.received is None and time.time() < deadline:
+                time.sleep(0.01)
+
     class LoggedTrainer(CorrLossTrainer):
         def build_hooks(self):
-            return super().build_hooks() + [LossLog()]
+            return super().build_hooks() + [LossLog(), WaitForStopSignal()]
 
     def logged_main(args):
         return main(args, LoggedTrainer)
@@ -78,7 +94,7 @@ LOGGED_TRAIN_NET = textwrap.dedent("""
 """)
 
 
-def logged_train_net(script, config, *args, cwd):
+def logged_train_net(script, config, *args, cwd, wait_for_stop_signal=False):
     # The output goes to a file, not a pipe: a run that fills a pipe nobody reads (while the
     # test waits for a checkpoint) would block on its next log line.
     output = tempfile.TemporaryFile("w+")
@@ -88,8 +104,12 @@ def logged_train_net(script, config, *args, cwd):
         text=True,
         stdout=output,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )  # GLOO, CPU
+        env={
+            **os.environ,
+            "CUDA_VISIBLE_DEVICES": "",  # GLOO, CPU
+            **({"WAIT_FOR_STOP_SIGNAL_AFTER": str(STOP_AFTER - 1)} if wait_for_stop_signal else {}),
+        },
+    )
     process.output_file = output
     return process
 
@@ -100,20 +120,24 @@ def output_of(process) -> str:
 
 
 def finished(process, expected_status=0):
-    process.wait(timeout=900)
+    process.wait(timeout=900)  # a hang guard: these runs take well under a minute
     output = output_of(process)
     assert process.returncode == expected_status, output[-5000:]
     return output
 
 
 def interrupted_run(script, config, args, out, cwd):
-    """Starts training; sends SIGTERM (to the launching process) once the first periodic
-    checkpoint exists; returns the output of the run, which must exit with status 1."""
-    process = logged_train_net(script, config, *args, "OUTPUT_DIR", out, cwd=cwd)
-    deadline = time.time() + 600
-    while not os.path.exists(os.path.join(out, "model_0000002.pth")):
+    """Starts training; sends SIGTERM (to the launching process) once the run waits for it
+    after iteration 2's checkpoint; returns the output of the run, which must exit with status 1.
+    """
+    process = logged_train_net(
+        script, config, *args, "OUTPUT_DIR", out, cwd=cwd, wait_for_stop_signal=True
+    )
+    deadline = time.time() + 600  # only a run that never gets there: a failure, not a hang
+    while not os.path.exists(os.path.join(out, "waiting")):
         assert process.poll() is None and time.time() < deadline, output_of(process)[-3000:]
         time.sleep(0.05)
+    assert os.path.exists(os.path.join(out, "model_0000002.pth"))
     process.send_signal(signal.SIGTERM)
     return finished(process, expected_status=1)
 
@@ -208,7 +232,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(
     )
     assert stopped, output[-3000:]
     iteration, checkpoint = int(stopped.group(1)), stopped.group(2)
-    assert 2 <= iteration < MAX_ITER - 1 and os.path.exists(checkpoint)
+    assert iteration == STOP_AFTER and os.path.exists(checkpoint)
     # weights_only: what torch.load reads by default (and detectron2 main's checkpointer with it).
     assert torch.load(checkpoint, weights_only=True)["iteration"] == iteration
     with open(os.path.join(out, "last_checkpoint")) as f:
@@ -231,7 +255,9 @@ def test_sigterm_then_resume_matches_uninterrupted_run(
     assert set(expected[0]) == loss_names
     # Every restored state (weights, optimiser, scheduler, normaliser, random state, sample
     # stream and the batches it forms) makes the resumed run compute what the uninterrupted one
-    # did, to the bit: a state missing or restored only approximately changes the losses.
+    # did, to the bit: a state missing or restored only approximately changes the losses. Holds
+    # on any CPU and load: both runs compute on this CPU, with the same threads, from loaders that
+    # deliver in order; the rounding of a CPU is the same in both.
     for it in resumed:
         assert resumed[it] == expected[it], it
     # The losses move from iteration to iteration: equal losses are not equal constants.

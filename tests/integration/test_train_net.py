@@ -64,9 +64,11 @@ def test_atss_training_lowers_the_loss_and_evaluates(tmp_path, train_net, metric
     records = metrics(out)
     losses = [r for r in records if "total_loss" in r]
     assert len(losses) == 2 and all("corr/rho" in r and "loss_corr" in r for r in losses)
-    assert losses[-1]["total_loss"] < 0.9 * losses[0]["total_loss"], losses
+    # Seeds 1-5 (2-core Intel Xeon): loss ratio 0.79-0.88, AP 14.7-20.4; a seed changes the
+    # initialisation and the batches, far more than another CPU's rounding does.
+    assert losses[-1]["total_loss"] < 0.95 * losses[0]["total_loss"], losses
     final = records[-1]
-    assert final["bbox/AP"] > 5, final  # about 20 after these 40 iterations
+    assert final["bbox/AP"] > 5, final
     assert all(math.isfinite(final[f"correlation/{k}"]) for k in ("class_level_rho", "ap"))
     assert "copypaste: image_level_rho,class_level_rho" in log
 
@@ -96,6 +98,7 @@ def test_two_process_cpu_training_with_ddp_and_gathered_correlation(tmp_path, tr
         cwd=tmp_path,
     )
     assert "World size: 2" in log
+    # 8 steps, 4 of them warm-up, at the raccoon recipe's rate: finite on any CPU.
     records = [r for r in metrics(out) if "total_loss" in r]
     assert records and all(math.isfinite(r["total_loss"]) for r in records)
     assert records[-1]["iteration"] == 7

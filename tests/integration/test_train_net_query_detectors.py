@@ -40,10 +40,14 @@ SMALLER = {
     ],
 }
 SUFFIXES = {"CorrSparseRCNN": ["_stage0", "_stage1"], "CorrDINO": ["_layer0", "_layer1"]}
-# Total loss after 40 iterations relative to after 20, at SEED 0 on raccoon. Over seeds the ratio
-# spreads widely (Sparse R-CNN, seeds 0, 1, 2: 0.66, 0.71, 0.52; an unseeded run gave 0.83;
-# DINO, seed 0: 0.80, its denoising and encoder losses included).
-LOSS_RATIO = {"CorrSparseRCNN": 0.8, "CorrDINO": 0.9}
+# What 40 iterations from scratch must show, as (ratio of the losses after 40 iterations to
+# after 20, for the classification losses summed and for the total; the AP50 to exceed). The
+# thresholds sit well beyond the spread over seeds 1-5 (2-core Intel Xeon; a seed changes the
+# initialisation and the batches, a far larger change than another CPU's rounding): Sparse R-CNN
+# classification 0.43-0.63, total 0.49-0.78, AP50 12-27; DINO classification 0.43-0.63 (its
+# denoising and encoder losses included), while its box losses barely move yet (0.89-1.06, so
+# total 0.87-1.00 and AP50 0-4.3: neither is a sign of learning at 40 iterations).
+LEARNING = {"CorrSparseRCNN": (0.8, 0.9, 2.0), "CorrDINO": (0.8, None, None)}
 
 
 @pytest.mark.parametrize("arch", list(CONFIGS))
@@ -65,16 +69,20 @@ def test_query_detector_trains_on_raccoon_and_evaluates(arch, tmp_path, train_ne
         cwd=tmp_path,
     )
     records = metrics(out)
-    losses = [r["total_loss"] for r in records if "total_loss" in r]
-    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
-    assert losses[-1] < LOSS_RATIO[arch] * losses[0], losses
     trained = [r for r in records if "total_loss" in r]
+    assert len(trained) == 2 and all(math.isfinite(r["total_loss"]) for r in trained)
     assert all(
         f"loss_corr{s}" in r and f"corr/rho{s}" in r for r in trained for s in SUFFIXES[arch]
     )
+    classification = [sum(v for k, v in r.items() if k.startswith("loss_cls")) for r in trained]
+    cls_ratio, total_ratio, min_ap50 = LEARNING[arch]
+    assert classification[1] < cls_ratio * classification[0], trained
+    if total_ratio is not None:
+        assert trained[1]["total_loss"] < total_ratio * trained[0]["total_loss"], trained
     final = records[-1]
     assert all(math.isfinite(final[k]) for k in ["bbox/AP", "bbox/AP50", "bbox/AP75"]), final
-    assert final["bbox/AP50"] > 0, final
+    if min_ap50 is not None:
+        assert final["bbox/AP50"] > min_ap50, final
 
 
 @pytest.mark.parametrize(

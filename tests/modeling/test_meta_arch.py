@@ -131,6 +131,8 @@ def test_training_reduces_the_loss(arch):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
             history.append(total.item())
+    # Model seeds 1-5 with batch seeds 4-8: 0.23-0.44 (RetinaNet 0.23-0.32, FCOS 0.33-0.44,
+    # ATSS 0.35-0.41), far from 0.7 for any CPU's rounding.
     assert sum(history[-5:]) / 5 < 0.7 * sum(history[:5]) / 5, history
 
 

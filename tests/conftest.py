@@ -9,6 +9,7 @@ it is not set, the tests use the project's development copy beside the checkout
 import importlib
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -55,7 +56,30 @@ def pytest_xdist_make_scheduler(config, log):
     return OneWorkerModulesScheduling(config, log)
 
 
-def pytest_collection_modifyitems(items):
+def pytest_addoption(parser):
+    parser.addoption(
+        "--shuffle-seed",
+        type=int,
+        default=None,
+        help="shuffle the order of the test modules and of the tests in each module with this "
+        "seed (the long tests still first); tools/run_tests.sh --repeat N runs N seeds",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    seed = config.getoption("--shuffle-seed")
+    if seed is not None:
+        # Modules stay contiguous, so module fixtures still run once; every pytest-xdist worker
+        # collects the same items, so the same seed gives each the same order, as xdist requires.
+        rng = random.Random(seed)
+        modules = {}
+        for item in items:
+            modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+        groups = list(modules.values())
+        rng.shuffle(groups)
+        for group in groups:
+            rng.shuffle(group)
+        items[:] = [item for group in groups for item in group]
     # The long tests (trainings, several processes) first, so that workers share them out and the
     # short ones fill the gaps, instead of one worker finishing the suite alone with a long test.
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
@@ -99,7 +123,7 @@ def train_net(data_root):
             cwd=cwd,
             capture_output=True,
             text=True,
-            timeout=900,
+            timeout=900,  # a hang guard: the longest run here takes about 1 min on 2 busy cores
         )
         assert (result.returncode != 0) == expect_failure, (
             result.stdout[-3000:] + result.stderr[-5000:]

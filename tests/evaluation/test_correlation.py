@@ -285,7 +285,7 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
     result_file = str(tmp_path / "two.json")
     launch_processes(_two_process_worker, 2, dist_url="auto", args=(str(tmp_path), gt, result_file))
     two_process = json.load(open(result_file))
-    assert two_process == pytest.approx(one_process)
+    assert two_process == pytest.approx(one_process)  # the same detections, merged: no training
     assert -1 <= one_process["class_level_rho"] <= 1 and -1 <= one_process["image_level_rho"] <= 1
 
 

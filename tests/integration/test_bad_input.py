@@ -141,7 +141,9 @@ def register(monkeypatch):
 @pytest.fixture
 def failure(train_net):
     """Runs train_net.py expecting it to fail; returns its error message, which ends the output.
-    Unless ``traceback``, the output holds no traceback at all."""
+    Unless ``traceback``, the output holds no traceback at all. Every failure expected here is
+    built into the input (a missing file, a wrong value, a spoiled image, a dataset with the wrong
+    classes) and met before the first training step: no CPU's rounding or load decides it."""
 
     def run(*args, cwd, traceback=False):
         output = train_net(*args, cwd=cwd, expect_failure=True)
@@ -652,5 +654,7 @@ def test_zero_size_boxes_through_train_net_train_without_nan(
         cwd=tmp_path,
     )
     assert "Dataset 'thin': ignoring 2 box(es) with zero width or height" in log
+    # A zero-size box kept would make its regression target infinite in the first step, on any
+    # CPU; 2 warm-up steps of the raccoon recipe are far from diverging.
     losses = [r["total_loss"] for r in metrics(out) if "total_loss" in r]
     assert losses and all(math.isfinite(v) for v in losses)

@@ -17,7 +17,7 @@ def test_unknown_detectron2_mode_is_rejected_before_any_work():
         env={**os.environ, "CORRLOSS_DETECTRON2": "conda"},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=60,  # a hang guard: the script stops at its first check, in under a second
     )
     assert result.returncode != 0
     assert (

@@ -54,6 +54,8 @@ def test_gathered_loss_and_gradient_match_one_process():
         loss.backward()
         for rank in range(WORLD):
             rank_loss, rank_grad = results[rank][kind]
+            # The gathered samples in rank order are this process's: the same operations on the
+            # same values, so the same rounding, on any CPU.
             assert rank_loss.item() == pytest.approx(loss.item(), abs=1e-12)
             # DDP divides the summed gradients by the world size: each process carries W times
             # its share so that the average is the gradient of the global loss.

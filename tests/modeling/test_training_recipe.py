@@ -109,7 +109,7 @@ def test_sparse_rcnn_augmentation_crops_about_half_the_images_then_resizes():
         assert (
             min(aug_input.image.shape[:2]) in (480, 512) or max(aug_input.image.shape[:2]) == 1000
         )
-    assert 10 <= cropped <= 30
+    assert 10 <= cropped <= 30  # numpy's seeded stream: the same 40 draws on every CPU
 
 
 def test_detectron2_augmentation_is_the_dataset_mappers():

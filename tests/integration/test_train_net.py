@@ -38,6 +38,7 @@ def test_fcos_trains_evaluates_and_evaluates_its_weights_again(tmp_path, train_n
         *common,
         cwd=tmp_path,
     )
+    # The same weights evaluated again on this CPU, one image at a time: the same detections.
     assert copypaste_box_ap(log) == pytest.approx(final["bbox/AP"], abs=1e-3)
 
 

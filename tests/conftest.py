@@ -42,6 +42,11 @@ ONE_WORKER_MODULES = (
 )
 
 
+def module_of(nodeid: str) -> str:
+    """The test module of a pytest node id ("tests/x/test_y.py::test_z[a]" -> its file)."""
+    return nodeid.split("::")[0]
+
+
 def pytest_xdist_make_scheduler(config, log):
     """xdist's scope scheduling, a few tests at a time to each worker, with the modules of
     ONE_WORKER_MODULES as single units (xdist's own ``--dist loadgroup`` marks tests by rewriting
@@ -50,7 +55,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class OneWorkerModulesScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid):
-            module = nodeid.split("::")[0]
+            module = module_of(nodeid)
             return module if module in ONE_WORKER_MODULES else nodeid
 
     return OneWorkerModulesScheduling(config, log)
@@ -74,7 +79,7 @@ def pytest_collection_modifyitems(config, items):
         rng = random.Random(seed)
         modules = {}
         for item in items:
-            modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+            modules.setdefault(module_of(item.nodeid), []).append(item)
         groups = list(modules.values())
         rng.shuffle(groups)
         for group in groups:

@@ -72,9 +72,11 @@ LOGGED_TRAIN_NET = textwrap.dedent("""
                 f.write(json.dumps({"iteration": self.trainer.iter, **losses}) + "\\n")
 
     class WaitForStopSignal(HookBase):
+        def __init__(self, after):
+            self.after = after
+
         def after_step(self):
-            after = os.environ.get("WAIT_FOR_STOP_SIGNAL_AFTER")
-            if after is None or self.trainer.iter != int(after) or not comm.is_main_process():
+            if self.trainer.iter != self.after or not comm.is_main_process():
                 return
             stop = next(h for h in self.trainer._hooks if isinstance(h, StopOnSignal))
             open(os.path.join(self.trainer.cfg.OUTPUT_DIR, "waiting"), "w").close()
@@ -84,7 +86,9 @@ LOGGED_TRAIN_NET = textwrap.dedent("""
 
     class LoggedTrainer(CorrLossTrainer):
         def build_hooks(self):
-            return super().build_hooks() + [LossLog(), WaitForStopSignal()]
+            after = os.environ.get("WAIT_FOR_STOP_SIGNAL_AFTER")
+            waits = [] if after is None else [WaitForStopSignal(int(after))]
+            return super().build_hooks() + [LossLog(), *waits]
 
     def logged_main(args):
         return main(args, LoggedTrainer)

@@ -9,7 +9,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from .errors import ConfigError, MissingFileError
-from .losses import CORRELATION_KINDS
+from .losses import CLASSIFICATION_LOSS_KINDS, CORRELATION_KINDS
 
 __all__ = [
     "add_corrloss_config",
@@ -20,7 +20,6 @@ __all__ = [
     "GROUP_REDUCTIONS",
 ]
 
-CLS_LOSS_TYPES = ("focal", "ia_bce", "qfl", "vfl")
 GROUPINGS = ("batch", "level", "image")  # what CorrelationLossHook accepts
 GROUP_BY_CHOICES = ("auto",) + GROUPINGS  # "auto": the meta-architecture's paper default
 GROUP_REDUCTIONS = ("mean", "sum")
@@ -312,7 +311,7 @@ def validate_corrloss_config(cfg: CN) -> None:
     _check_choice(
         "MODEL.CORR_LOSS.GROUP_REDUCTION", corr.GROUP_REDUCTION, ("auto",) + GROUP_REDUCTIONS
     )
-    _check_choice("MODEL.CLS_LOSS.TYPE", cls.TYPE, CLS_LOSS_TYPES)
+    _check_choice("MODEL.CLS_LOSS.TYPE", cls.TYPE, CLASSIFICATION_LOSS_KINDS)
     _require(
         "MODEL.CORR_LOSS.WEIGHT",
         corr.WEIGHT,

@@ -9,6 +9,8 @@ from .correlation import (
 from .distributed import mean_over_processes
 from .instance_masks import cropped_mask_loss, ohem_cross_entropy, semantic_segmentation_loss
 from .iou_aware import (
+    CLASSIFICATION_LOSS_KINDS,
+    IOU_AWARE_LOSSES,
     alignment_quality,
     ia_bce_loss,
     prime_sample_weights,
@@ -26,8 +28,10 @@ from .soft_rank import SOFT_RANK_BACKENDS, grouped_soft_rank, soft_rank
 
 __all__ = [
     "BOX_L1_FORMATS",
+    "CLASSIFICATION_LOSS_KINDS",
     "CORRELATION_KINDS",
     "GroupedCorrelation",
+    "IOU_AWARE_LOSSES",
     "SOFT_RANK_BACKENDS",
     "alignment_quality",
     "capped_matches_per_target",

@@ -26,6 +26,8 @@ __all__ = [
     "quality_focal_loss",
     "varifocal_loss",
     "prime_sample_weights",
+    "CLASSIFICATION_LOSS_KINDS",
+    "IOU_AWARE_LOSSES",
 ]
 
 REDUCTIONS = ("sum", "none")
@@ -195,3 +197,8 @@ def prime_sample_weights(
     ).values
     rank = torch.empty_like(position).scatter_(0, order, position - group_start)
     return torch.exp(-rank.to(quality.dtype) / tau)
+
+
+# The IoU-aware kinds of MODEL.CLS_LOSS.TYPE and their functions; "focal" is the detector's own.
+IOU_AWARE_LOSSES = {"ia_bce": ia_bce_loss, "qfl": quality_focal_loss, "vfl": varifocal_loss}
+CLASSIFICATION_LOSS_KINDS = ("focal",) + tuple(IOU_AWARE_LOSSES)

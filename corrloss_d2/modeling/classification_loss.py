@@ -7,7 +7,7 @@ from fvcore.nn import sigmoid_focal_loss
 from torch import nn
 from torch.nn import functional as F
 
-from ..losses import ia_bce_loss, quality_focal_loss, varifocal_loss
+from ..losses import CLASSIFICATION_LOSS_KINDS, IOU_AWARE_LOSSES
 
 __all__ = ["ClassificationLoss"]
 
@@ -42,14 +42,10 @@ class ClassificationLoss(nn.Module):
             "qfl": {"beta": qfl_beta},
             "vfl": {"alpha": vfl_alpha, "gamma": vfl_gamma},
         }
-        self.iou_aware_fns = {
-            "ia_bce": ia_bce_loss,
-            "qfl": quality_focal_loss,
-            "vfl": varifocal_loss,
-        }
-        if kind != "focal" and kind not in self.iou_aware_fns:
+        if kind not in CLASSIFICATION_LOSS_KINDS:
             raise ValueError(
-                f"classification loss must be one of focal, ia_bce, qfl, vfl; got {kind!r}"
+                f"classification loss must be one of {', '.join(CLASSIFICATION_LOSS_KINDS)}; "
+                f"got {kind!r}"
             )
 
     @classmethod
@@ -99,4 +95,4 @@ class ClassificationLoss(nn.Module):
             if weights is None
             else {**self.options[self.kind], "weights": weights}
         )
-        return self.iou_aware_fns[self.kind](logits, labels, ious, normalizer=normalizer, **options)
+        return IOU_AWARE_LOSSES[self.kind](logits, labels, ious, normalizer=normalizer, **options)

@@ -25,7 +25,7 @@ from ..losses import (
     set_matching_cost,
 )
 from .classification_loss import ClassificationLoss
-from .correlation_loss import CorrelationLoss, matched_box_iou
+from .correlation_term import CorrelationLoss, matched_box_iou
 from .set_prediction import SetPrediction
 
 __all__ = ["BatchTargets", "SetCriterion", "set_criterion_from_config"]

@@ -12,7 +12,7 @@ import torch
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import nn
 
-from .correlation_loss import CorrelationLoss
+from .correlation_term import CorrelationLoss
 
 __all__ = ["SetPrediction", "SetPredictionDetector", "top_k_detections"]
 

@@ -20,7 +20,7 @@ from detectron2.utils.events import EventStorage
 from corrloss_d2.engine import launch_processes
 from corrloss_d2.engine.trainer import ddp_without_device_ids_for_cpu_models
 from corrloss_d2.losses import correlation_coefficients
-from corrloss_d2.modeling import ClassificationLoss, correlation_loss
+from corrloss_d2.modeling import ClassificationLoss, correlation_term
 from tests.tiny import synthetic_batch, tiny_cfg, tiny_model
 
 pytestmark = pytest.mark.slow
@@ -100,7 +100,7 @@ def train_one_case(arch, gather, rank):
         seen["normalizers"][-1].append(float(normalizer))
         return real_classification(self, logits, labels, ious, normalizer, weights)
 
-    correlation_loss.correlation_coefficients = coefficients_spy
+    correlation_term.correlation_coefficients = coefficients_spy
     ClassificationLoss.forward = classification_spy
     try:
         with EventStorage() as storage:
@@ -117,7 +117,7 @@ def train_one_case(arch, gather, rank):
                 seen["losses"].append({k: v.item() for k, v in losses.items()})
                 storage.step()
     finally:
-        correlation_loss.correlation_coefficients = real_coefficients
+        correlation_term.correlation_coefficients = real_coefficients
         ClassificationLoss.forward = real_classification
     seen["logged"] = {
         name: dict((it, value) for value, it in history.values())

@@ -12,7 +12,7 @@ from corrloss_d2.config import load_corrloss_config
 from corrloss_d2.engine import launch_processes
 from corrloss_d2.errors import ConfigError
 from corrloss_d2.modeling import CorrelationLoss
-from corrloss_d2.modeling.correlation_loss import rho_span
+from corrloss_d2.modeling.correlation_term import rho_span
 from tests.references import reference_concordance
 from tests.tiny import REPO
 

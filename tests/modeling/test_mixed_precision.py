@@ -9,7 +9,7 @@ import torch
 from detectron2.utils.events import EventStorage
 
 from corrloss_d2.modeling import classification_loss as classification_loss_module
-from corrloss_d2.modeling import correlation_loss as correlation_loss_module
+from corrloss_d2.modeling import correlation_term as correlation_term_module
 from tests.tiny import synthetic_batch, tiny_model
 
 ARCHS = ["CorrRetinaNet", "CorrFCOS", "CorrATSS", "CorrSparseRCNN", "CorrDINO"]
@@ -30,7 +30,6 @@ def test_bfloat16_autocast_training_step_keeps_losses_in_float32(arch, cls_loss,
         cls_loss,
     )
     model.train()
-    classification_loss = (model.criterion if arch in QUERY_BASED else model).classification_loss
     # The dtypes the loss math receives: classification logits, correlation scores and IoUs.
     received = {"classification": set(), "correlation": set(), "module outputs": set()}
 
@@ -51,14 +50,14 @@ def test_bfloat16_autocast_training_step_keeps_losses_in_float32(arch, cls_loss,
         )
     else:
         monkeypatch.setitem(
-            classification_loss.iou_aware_fns,
+            classification_loss_module.IOU_AWARE_LOSSES,
             cls_loss,
-            spy(classification_loss.iou_aware_fns[cls_loss], "classification"),
+            spy(classification_loss_module.IOU_AWARE_LOSSES[cls_loss], "classification"),
         )
     monkeypatch.setattr(
-        correlation_loss_module,
+        correlation_term_module,
         "correlation_coefficients",
-        spy(correlation_loss_module.correlation_coefficients, "correlation"),
+        spy(correlation_term_module.correlation_coefficients, "correlation"),
     )
     record_outputs = torch.nn.modules.module.register_module_forward_hook(
         lambda module, inputs, output: received["module outputs"].add(
@@ -88,13 +87,13 @@ def test_bfloat16_autocast_yolact_keeps_losses_and_correlation_in_float32(monkey
     model = tiny_model("CorrYOLACT", "MODEL.CORR_LOSS.WEIGHT", 0.4)
     model.train()
     received = set()
-    coefficients = correlation_loss_module.correlation_coefficients
+    coefficients = correlation_term_module.correlation_coefficients
 
     def spy(scores, ious, *args, **kwargs):
         received.update({scores.dtype, ious.dtype})
         return coefficients(scores, ious, *args, **kwargs)
 
-    monkeypatch.setattr(correlation_loss_module, "correlation_coefficients", spy)
+    monkeypatch.setattr(correlation_term_module, "correlation_coefficients", spy)
     with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model(synthetic_batch(2, seed=1))
     assert received == {torch.float32}

@@ -18,8 +18,7 @@ from torch.nn import functional as F
 from ...losses import mean_over_processes
 from ..atss_assignment import atss_assignment
 from .build import check_model_config
-from .dense import CorrelationAwareDenseMixin
-from .fcos import fcos_family_arguments
+from .dense import CorrelationAwareDenseMixin, fcos_family_arguments
 
 __all__ = ["CorrATSS", "ATSSHead", "anchor_centerness"]
 

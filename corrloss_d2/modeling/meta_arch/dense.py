@@ -2,22 +2,31 @@
 losses over the detector's assignment, and their pre-NMS candidates for the correlation
 evaluation."""
 
-from typing import Dict, List, NamedTuple
+from typing import Any, Dict, List, NamedTuple, Type
 
 import torch
 from detectron2.config import configurable
 from detectron2.layers import cat
+from detectron2.modeling import build_backbone
 from detectron2.modeling.box_regression import _dense_box_regression_loss
+from detectron2.modeling.meta_arch.fcos import FCOSHead
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
 from ...losses import mean_over_processes
 from .. import candidates as candidate_recording
+from ..backbone import backbone_feature_shapes
 from ..classification_loss import ClassificationLoss
-from ..correlation_loss import CorrelationLoss, matched_box_iou
+from ..correlation_term import CorrelationLoss, matched_box_iou
 
-__all__ = ["DensePositives", "DenseLosses", "CorrelationAwareDenseMixin", "anchor_levels"]
+__all__ = [
+    "DensePositives",
+    "DenseLosses",
+    "CorrelationAwareDenseMixin",
+    "anchor_levels",
+    "fcos_family_arguments",
+]
 
 
 def anchor_levels(anchors: List[Boxes]) -> torch.Tensor:
@@ -25,6 +34,44 @@ def anchor_levels(anchors: List[Boxes]) -> torch.Tensor:
     device = anchors[0].tensor.device
     level_sizes = torch.tensor([len(a) for a in anchors], device=device)
     return torch.repeat_interleave(torch.arange(len(anchors), device=device), level_sizes)
+
+
+def fcos_family_arguments(cfg, node_name: str, head_class: Type[FCOSHead]) -> Dict[str, Any]:
+    """The constructor arguments that the FCOS-style detectors (one location per anchor point,
+    classification and box towers, centerness; CorrFCOS, CorrATSS) read alike from
+    ``cfg.MODEL.<node_name>``: backbone, head (``head_class``), classes, focal α/γ, test
+    thresholds, pixel statistics, and the classification and correlation losses (one ρ over the
+    batch, the paper's choice for these heads)."""
+    node = cfg.MODEL[node_name]
+    backbone = build_backbone(cfg)
+    feature_shapes = backbone_feature_shapes(
+        backbone, node.IN_FEATURES, f"MODEL.{node_name}.IN_FEATURES"
+    )
+    head = head_class(
+        input_shape=feature_shapes,
+        conv_dims=[feature_shapes[0].channels] * node.NUM_CONVS,
+        num_classes=node.NUM_CLASSES,
+        norm=node.HEAD_NORM,
+        prior_prob=node.PRIOR_PROB,
+    )
+    return {
+        "backbone": backbone,
+        "head": head,
+        "head_in_features": node.IN_FEATURES,
+        "num_classes": node.NUM_CLASSES,
+        "focal_loss_alpha": node.FOCAL_LOSS_ALPHA,
+        "focal_loss_gamma": node.FOCAL_LOSS_GAMMA,
+        "test_score_thresh": node.SCORE_THRESH_TEST,
+        "test_topk_candidates": node.TOPK_CANDIDATES_TEST,
+        "test_nms_thresh": node.NMS_THRESH_TEST,
+        "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+        "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+        "pixel_std": cfg.MODEL.PIXEL_STD,
+        "classification_loss": ClassificationLoss(
+            cfg, focal_alpha=node.FOCAL_LOSS_ALPHA, focal_gamma=node.FOCAL_LOSS_GAMMA
+        ),
+        "correlation_loss": CorrelationLoss(cfg, default_group_by="batch"),
+    }
 
 
 class DensePositives(NamedTuple):

@@ -1,58 +1,15 @@
 """CorrFCOS: detectron2's FCOS, configurable from yaml (MODEL.FCOS), with MODEL.CLS_LOSS and
 Correlation Loss."""
 
-from typing import Any, Dict, Type
-
 import torch
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
 from torch.nn import functional as F
 
-from ..backbone import backbone_feature_shapes
-from ..classification_loss import ClassificationLoss
-from ..correlation_loss import CorrelationLoss
 from .build import check_model_config
-from .dense import CorrelationAwareDenseMixin
+from .dense import CorrelationAwareDenseMixin, fcos_family_arguments
 
-__all__ = ["CorrFCOS", "fcos_family_arguments"]
-
-
-def fcos_family_arguments(cfg, node_name: str, head_class: Type[FCOSHead]) -> Dict[str, Any]:
-    """The constructor arguments that the FCOS-style detectors (one location per anchor point,
-    classification and box towers, centerness; CorrFCOS, CorrATSS) read alike from
-    ``cfg.MODEL.<node_name>``: backbone, head (``head_class``), classes, focal α/γ, test
-    thresholds, pixel statistics, and the classification and correlation losses (one ρ over the
-    batch, the paper's choice for these heads)."""
-    node = cfg.MODEL[node_name]
-    backbone = build_backbone(cfg)
-    feature_shapes = backbone_feature_shapes(
-        backbone, node.IN_FEATURES, f"MODEL.{node_name}.IN_FEATURES"
-    )
-    head = head_class(
-        input_shape=feature_shapes,
-        conv_dims=[feature_shapes[0].channels] * node.NUM_CONVS,
-        num_classes=node.NUM_CLASSES,
-        norm=node.HEAD_NORM,
-        prior_prob=node.PRIOR_PROB,
-    )
-    return {
-        "backbone": backbone,
-        "head": head,
-        "head_in_features": node.IN_FEATURES,
-        "num_classes": node.NUM_CLASSES,
-        "focal_loss_alpha": node.FOCAL_LOSS_ALPHA,
-        "focal_loss_gamma": node.FOCAL_LOSS_GAMMA,
-        "test_score_thresh": node.SCORE_THRESH_TEST,
-        "test_topk_candidates": node.TOPK_CANDIDATES_TEST,
-        "test_nms_thresh": node.NMS_THRESH_TEST,
-        "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-        "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-        "pixel_std": cfg.MODEL.PIXEL_STD,
-        "classification_loss": ClassificationLoss(
-            cfg, focal_alpha=node.FOCAL_LOSS_ALPHA, focal_gamma=node.FOCAL_LOSS_GAMMA
-        ),
-        "correlation_loss": CorrelationLoss(cfg, default_group_by="batch"),
-    }
+__all__ = ["CorrFCOS"]
 
 
 @META_ARCH_REGISTRY.register()

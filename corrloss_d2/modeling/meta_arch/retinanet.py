@@ -4,7 +4,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 
 from ..classification_loss import ClassificationLoss
-from ..correlation_loss import CorrelationLoss
+from ..correlation_term import CorrelationLoss
 from .build import check_model_config
 from .dense import CorrelationAwareDenseMixin
 

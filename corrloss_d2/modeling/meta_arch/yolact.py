@@ -23,7 +23,7 @@ from ...layers import assemble_masks, box_crop_mask, fast_nms
 from ...losses import cropped_mask_loss, ohem_cross_entropy, semantic_segmentation_loss
 from .. import candidates as candidate_recording
 from ..backbone import backbone_feature_shapes
-from ..correlation_loss import CorrelationLoss, matched_box_iou
+from ..correlation_term import CorrelationLoss, matched_box_iou
 from ..yolact_head import Protonet, YolactHead, xavier_conv
 from .build import check_model_config
 from .dense import anchor_levels

@@ -59,10 +59,14 @@ def _validate(scores, ious, kind, groups, strength, min_samples) -> None:
             f"ious must be a tensor of the shape of scores {tuple(scores.shape)}, "
             f"got {tuple(getattr(ious, 'shape', ()))}"
         )
-    if groups is not None and (groups.shape != scores.shape or groups.is_floating_point()):
+    if groups is not None and (
+        groups.dim() not in (1, 2)
+        or groups.shape[0] != scores.shape[0]
+        or groups.is_floating_point()
+    ):
         raise ValueError(
-            f"groups must be an integer tensor of the shape of scores "
-            f"{tuple(scores.shape)}, got {groups.dtype} {tuple(groups.shape)}"
+            f"groups must be an integer tensor (N,) or (N, C) with N = {scores.shape[0]}, "
+            f"the number of scores, got {groups.dtype} {tuple(groups.shape)}"
         )
     if not isinstance(min_samples, int) or min_samples < 2:
         raise ValueError(
@@ -115,9 +119,11 @@ def correlation_coefficients(
             treated as a constant target.
         kind: "pearson", "concordance" (Lin's CCC, which also matches mean and scale of the
             scores to the IoUs) or "spearman" (Pearson of soft ranks).
-        groups: (N,) integer group id per sample (any values; compared for equality), or None for
-            one group. With ``gather_across_processes`` ids are pooled across processes, so make
-            per-image ids unique per process.
+        groups: (N,) integer group id per sample (any values; compared for equality), or (N, C)
+            integer keys (a row per sample, e.g. image and level; rows compared for equality,
+            groups ordered lexicographically), or None for one group. With
+            ``gather_across_processes`` ids are pooled across processes, so make per-image ids
+            unique per process (e.g. a key column holding the process's rank).
         strength: soft-rank strength for "spearman". The paper's code uses 1.0, which on [0, 1]
             inputs makes "spearman" identical to "pearson" (see :func:`soft_rank`); a strength well
             below ``2 / N`` gives a true rank correlation.
@@ -140,13 +146,16 @@ def correlation_coefficients(
         if single_group:
             groups = torch.zeros(x.shape, dtype=torch.int64, device=x.device)
         if gather_across_processes:
-            x, y, groups = gather_samples(x, y, groups, group=process_group)
+            x, y, *columns = gather_samples(
+                x, y, *groups.reshape(len(x), -1).unbind(1), group=process_group
+            )
+            groups = torch.stack(columns, dim=1) if groups.dim() == 2 else columns[0]
         if single_group:  # no counting pass over the samples: their number is the count
             index, num_groups = groups, 1
             num_samples = torch.full((1,), x.shape[0], dtype=torch.int64, device=x.device)
         else:
-            group_ids, index = torch.unique(groups, return_inverse=True)
-            num_groups = group_ids.numel()
+            group_ids, index = torch.unique(groups, dim=0, return_inverse=True)
+            num_groups = group_ids.shape[0]
             num_samples = torch.bincount(index, minlength=num_groups)
         count = num_samples.to(dtype).clamp(min=1)
         if kind == "spearman":

@@ -4,7 +4,7 @@ modules they share, and the backbone builder detectron2's yaml registry lacks.""
 from .atss_assignment import atss_assignment
 from .backbone import build_fcos_resnet_fpn_backbone
 from .classification_loss import ClassificationLoss
-from .correlation_term import CorrelationLoss, matched_box_iou
+from .correlation_term import CorrelationLoss, CorrelationSamples, matched_box_iou
 from .meta_arch import (
     CorrATSS,
     CorrDINO,
@@ -26,6 +26,7 @@ __all__ = [
     "atss_assignment",
     "CorrelationAwareDenseMixin",
     "CorrelationLoss",
+    "CorrelationSamples",
     "build_fcos_resnet_fpn_backbone",
     "matched_box_iou",
 ]

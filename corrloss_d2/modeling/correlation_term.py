@@ -1,7 +1,8 @@
 """Correlation Loss as a module of a detector: the term ``λ·(1 − ρ)`` over the positives its
-assigner selected, with ρ logged to the event storage."""
+assigner selected (:class:`CorrelationSamples`), with ρ logged to the event storage."""
 
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -14,7 +15,7 @@ from ..config import GROUP_REDUCTIONS, GROUPINGS
 from ..errors import ConfigError
 from ..losses import correlation_coefficients
 
-__all__ = ["CorrelationLoss", "matched_box_iou", "rho_span"]
+__all__ = ["CorrelationLoss", "CorrelationSamples", "matched_box_iou", "rho_span"]
 
 IOU_FLOOR = 1e-6  # the paper clamps IoUs here so that a missed box is still a valid sample
 
@@ -39,6 +40,81 @@ def matched_box_iou(pred_boxes: torch.Tensor, gt_boxes: torch.Tensor) -> torch.T
     union = pred_area + gt_area - inter
     iou = torch.where(union > 0, inter / union.clamp(min=torch.finfo(dtype).tiny), 0.0)
     return iou.clamp(min=IOU_FLOOR, max=1.0)
+
+
+def _describe(value) -> str:
+    """A tensor's dtype and shape, else the type of what came instead, for error messages."""
+    if isinstance(value, torch.Tensor):
+        return f"{value.dtype} {tuple(value.shape)}"
+    return type(value).__name__
+
+
+@dataclass(frozen=True)
+class CorrelationSamples:
+    """The P positives (P ≥ 0) that one correlation term correlates, whatever the detector.
+
+    scores: (P,) float32 probability of each positive's ground-truth class; carries the gradient.
+        :meth:`from_logits` computes it for a sigmoid classifier; a softmax classifier (YOLACT)
+        gives its probabilities.
+    ious: (P,) floating IoU of each positive's predicted box with its ground-truth box, in
+        ``[1e-6, 1]`` (:func:`matched_box_iou`); detached, a constant target.
+    image_index: (P,) integer image of each positive in this process's batch, or None.
+    level_index: (P,) integer FPN level of each positive, or None (a query-based detector's
+        queries have none).
+
+    Which of the two indices a :class:`CorrelationLoss` needs depends on its grouping.
+    """
+
+    scores: torch.Tensor
+    ious: torch.Tensor
+    image_index: Optional[torch.Tensor] = None
+    level_index: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        scores = self.scores
+        if not (isinstance(scores, torch.Tensor) and scores.dim() == 1):
+            raise ValueError(f"CorrelationSamples.scores must be (P,), got {_describe(scores)}")
+        if scores.dtype != torch.float32:  # ρ's moments lose too much in half precision
+            raise ValueError(
+                f"CorrelationSamples.scores must be float32, got {_describe(scores)}; "
+                "CorrelationSamples.from_logits computes them so, also under autocast"
+            )
+        fields = (
+            ("ious", self.ious, True, True),
+            ("image_index", self.image_index, False, False),
+            ("level_index", self.level_index, False, False),
+        )
+        for name, value, floating, required in fields:
+            if value is None and not required:
+                continue
+            if not (
+                isinstance(value, torch.Tensor)
+                and value.shape == scores.shape
+                and value.is_floating_point() == floating
+            ):
+                raise ValueError(
+                    f"CorrelationSamples.{name} must be "
+                    f"{'a floating-point' if floating else 'an integer'} tensor of the shape of "
+                    f"scores {tuple(scores.shape)}, got {_describe(value)}"
+                )
+
+    @classmethod
+    def from_logits(
+        cls,
+        gt_class_logits: torch.Tensor,
+        ious: torch.Tensor,
+        *,
+        image_index: Optional[torch.Tensor] = None,
+        level_index: Optional[torch.Tensor] = None,
+    ) -> "CorrelationSamples":
+        """The samples of a sigmoid classifier: ``scores = sigmoid(gt_class_logits)`` computed in
+        float32, also under autocast.
+
+        Args:
+            gt_class_logits: (P,) logit of each positive's ground-truth class (any float dtype).
+            ious, image_index, level_index: as the fields of the same names.
+        """
+        return cls(torch.sigmoid(gt_class_logits.float()), ious, image_index, level_index)
 
 
 def rho_span(images_per_rho: int, images_per_batch: int, world_size: int) -> Tuple[int, int]:
@@ -85,7 +161,9 @@ class CorrelationLoss(nn.Module):
     Any detector can call it with the positives its assigner selected::
 
         correlation_loss = CorrelationLoss(cfg)   # or CorrelationLoss(weight=0.1, ...)
-        losses.update(correlation_loss(gt_class_logits, pred_boxes, gt_boxes, image_index=img_ids))
+        ious = matched_box_iou(pred_boxes, gt_boxes)
+        samples = CorrelationSamples.from_logits(gt_class_logits, ious, image_index=image_index)
+        losses.update(correlation_loss(samples))
 
     In training it records in the event storage (TensorBoard, metrics.json): ``corr/rho`` (mean ρ
     over the valid groups, measured even when ``weight`` is 0), ``corr/num_pos`` and
@@ -113,16 +191,17 @@ class CorrelationLoss(nn.Module):
             weight: λ; 0 adds no loss term (ρ is still logged).
             kind: "pearson", "concordance" or "spearman".
             rank_strength: soft-rank strength for "spearman" (see corrloss_d2.losses.soft_rank).
-            group_by: "batch", "level" or "image": which ids from the call split the positives
-                into groups, each with its own ρ.
+            group_by: "batch", "level" or "image": which index of the samples splits them into
+                groups, each with its own ρ (see :meth:`group_keys`).
             group_reduction: "mean" (λ·(1 − mean ρ)) or "sum" (λ·Σ (1 − ρ), YOLACT's released
                 per-image terms).
             min_positives: groups with fewer positives are skipped.
             gather_across_processes: pool positives of all processes first.
             images_per_group: > 0: each ρ spans this many consecutive images of the process's
-                batch (``image_index // images_per_group``; "batch" and "level" grouping).
+                batch (``image_index // images_per_group``); "batch" and "level" grouping only.
             process_group: pool positives within this torch.distributed group first (built by
-                ``from_config`` from MODEL.CORR_LOSS.IMAGES_PER_RHO).
+                ``from_config`` from MODEL.CORR_LOSS.IMAGES_PER_RHO); "batch" and "level" grouping
+                only.
             loss_name, metric_prefix: names in the loss dict and the event storage (a detector
                 with several calls, e.g. one per stage, gives each its own).
         """
@@ -132,6 +211,11 @@ class CorrelationLoss(nn.Module):
         if group_reduction not in GROUP_REDUCTIONS:
             raise ValueError(
                 f"group_reduction must be one of {GROUP_REDUCTIONS}, got {group_reduction!r}"
+            )
+        if group_by == "image" and (images_per_group or process_group is not None):
+            raise ValueError(
+                "group_by='image' gives each image its own ρ: images_per_group and process_group "
+                "(one ρ over several images) need group_by 'batch' or 'level'"
             )
         self.weight = float(weight)
         self.kind = kind
@@ -182,50 +266,56 @@ class CorrelationLoss(nn.Module):
             f"min_positives={self.min_positives}"
         )
 
-    def _group_ids(self, level_index, image_index) -> Optional[torch.Tensor]:
-        if self.group_by == "batch" and not self.images_per_group:
-            return None
-        required = {"level": level_index} if self.group_by == "level" else {}
+    @property
+    def pools_processes(self) -> bool:
+        """Whether ρ is computed over the positives of several processes."""
+        return self.gather_across_processes or self.process_group is not None
+
+    def _key_columns(self, samples: CorrelationSamples) -> List[torch.Tensor]:
+        """The (P,) integer columns whose rows are the positives' group keys, most significant
+        first: image chunk, level, (process rank,) image, as the grouping needs them."""
+        needed = ["level"] if self.group_by == "level" else []
         if self.group_by == "image" or self.images_per_group:
-            required["image"] = image_index
-        missing = [name for name, ids in required.items() if ids is None]
-        if missing:
-            raise ValueError(
-                f"CorrelationLoss(group_by={self.group_by!r}, images_per_group="
-                f"{self.images_per_group}) needs {missing[0]}_index from its caller"
-            )
+            needed.append("image")
+        for name in needed:
+            if getattr(samples, f"{name}_index") is None:
+                raise ValueError(
+                    f"CorrelationLoss(group_by={self.group_by!r}, images_per_group="
+                    f"{self.images_per_group}) needs {name}_index from its caller"
+                )
+        columns = []
         if self.images_per_group:
-            chunk = image_index // self.images_per_group
-            return chunk if self.group_by == "batch" else chunk * (1 << 16) + level_index
-        ids = level_index if self.group_by == "level" else image_index
-        if self.group_by == "image" and self.gather_across_processes:
-            ids = ids + (comm.get_rank() << 32)  # image ids are per process; keep them apart
-        return ids
+            columns.append(samples.image_index // self.images_per_group)
+        if self.group_by == "level":
+            columns.append(samples.level_index)
+        if self.group_by == "image":
+            if self.pools_processes:  # image indices are per process: keep processes apart
+                columns.append(torch.full_like(samples.image_index, comm.get_rank()))
+            columns.append(samples.image_index)
+        return columns
+
+    def group_keys(self, samples: CorrelationSamples) -> Optional[torch.Tensor]:
+        """(P,) or (P, C) int64 group key of each positive, or None for one group ("batch"
+        grouping of whole batches).
+
+        A positive's key is its row of the columns the grouping names, most significant first:
+        image chunk ``image_index // images_per_group``, level, image (the process rank before
+        the image when processes pool, whose image indices are their own). Rows are compared for
+        equality after pooling, groups ordered lexicographically
+        (:func:`corrloss_d2.losses.correlation_coefficients`).
+        """
+        columns = self._key_columns(samples)
+        if not columns:
+            return None
+        return columns[0] if len(columns) == 1 else torch.stack(columns, dim=1)
 
     def forward(
-        self,
-        gt_class_logits: Optional[torch.Tensor],
-        pred_boxes: Optional[torch.Tensor] = None,
-        gt_boxes: Optional[torch.Tensor] = None,
-        *,
-        gt_class_scores: Optional[torch.Tensor] = None,
-        level_index: Optional[torch.Tensor] = None,
-        image_index: Optional[torch.Tensor] = None,
-        ious: Optional[torch.Tensor] = None,
-        name_suffix: str = "",
+        self, samples: CorrelationSamples, *, name_suffix: str = ""
     ) -> Dict[str, torch.Tensor]:
         """
         Args:
-            gt_class_logits: (P,) sigmoid classification logit of each positive's ground-truth
-                class; None when ``gt_class_scores`` is given.
-            pred_boxes: (P, 4) decoded predicted boxes of the positives (XYXY, image pixels).
-            gt_boxes: (P, 4) their assigned ground-truth boxes.
-            gt_class_scores: (P,) probabilities of the ground-truth class, for a detector whose
-                scores are not a sigmoid of one logit (YOLACT's softmax); instead of the logits.
-            level_index, image_index: (P,) integer FPN level / image of each positive; the one
-                named by ``group_by`` is required.
-            ious: (P,) precomputed ``matched_box_iou(pred_boxes, gt_boxes)`` to reuse (then the
-                boxes may be None), or None.
+            samples: the positives; the index ``group_by`` (and ``images_per_group``) names is
+                required.
             name_suffix: appended to the loss key and the metric names, for a detector that
                 calls it once per stage (e.g. "_stage0": ``loss_corr_stage0``,
                 ``corr/rho_stage0``).
@@ -233,26 +323,16 @@ class CorrelationLoss(nn.Module):
             ``{loss_name + name_suffix: λ·(1 − mean ρ)}`` (λ·Σ (1 − ρ) with ``group_reduction``
             "sum"), or an empty dict when ``weight`` is 0.
         """
-        if (gt_class_logits is None) == (gt_class_scores is None):
-            raise ValueError("CorrelationLoss takes gt_class_logits or gt_class_scores (one)")
-        if ious is None:
-            ious = matched_box_iou(pred_boxes, gt_boxes)
-        groups = self._group_ids(level_index, image_index)
+        groups = self.group_keys(samples)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.weight > 0):
-            # fp32 even under autocast: ρ's moments lose too much in half precision.
-            if gt_class_scores is None:
-                scores = torch.sigmoid(gt_class_logits.float())
-            else:
-                scores = gt_class_scores.float()
             corr = correlation_coefficients(
-                scores,
-                ious,
+                samples.scores,
+                samples.ious,
                 self.kind,
                 groups=groups,
                 strength=self.rank_strength,
                 min_samples=self.min_positives,
-                gather_across_processes=self.gather_across_processes
-                or self.process_group is not None,
+                gather_across_processes=self.pools_processes,
                 process_group=self.process_group,
             )
             loss = corr.loss(self.group_reduction)
@@ -262,7 +342,8 @@ class CorrelationLoss(nn.Module):
             if num_valid:  # the mean ρ, whatever the reduction
                 mean_rho = (corr.rho.detach() * corr.valid).sum().item() / num_valid
                 storage.put_scalar(self.metric_prefix + "rho" + name_suffix, mean_rho)
-            storage.put_scalar(self.metric_prefix + "num_pos" + name_suffix, float(ious.numel()))
+            num_pos = float(samples.ious.numel())
+            storage.put_scalar(self.metric_prefix + "num_pos" + name_suffix, num_pos)
             storage.put_scalar(self.metric_prefix + "valid_groups" + name_suffix, float(num_valid))
         if self.weight == 0:
             return {}

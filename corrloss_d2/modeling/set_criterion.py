@@ -25,7 +25,7 @@ from ..losses import (
     set_matching_cost,
 )
 from .classification_loss import ClassificationLoss
-from .correlation_term import CorrelationLoss, matched_box_iou
+from .correlation_term import CorrelationLoss, CorrelationSamples, matched_box_iou
 from .set_prediction import SetPrediction
 
 __all__ = ["BatchTargets", "SetCriterion", "set_criterion_from_config"]
@@ -278,16 +278,8 @@ class SetCriterion(nn.Module):
         }
         if not correlated:
             return losses
-        losses.update(
-            self.correlation_loss(
-                matched_logits,
-                matched_boxes.detach(),
-                gt_boxes,
-                image_index=image_index,
-                ious=ious,
-                name_suffix=suffix,
-            )
-        )
+        samples = CorrelationSamples.from_logits(matched_logits, ious, image_index=image_index)
+        losses.update(self.correlation_loss(samples, name_suffix=suffix))
         return losses
 
 

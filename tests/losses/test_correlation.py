@@ -138,3 +138,18 @@ def test_invalid_arguments_are_named():
         correlation_loss(s, u, "pearson", groups=torch.zeros(5))
     with pytest.raises(ValueError, match="1-D"):
         correlation_loss(s[None], u[None], "pearson")
+
+
+@pytest.mark.parametrize("kind", CORRELATION_KINDS)
+def test_key_rows_group_like_the_ids_of_their_sorted_distinct_rows(kind):
+    gen = torch.Generator().manual_seed(5)
+    s, u = torch.rand(120, generator=gen), torch.rand(120, generator=gen)
+    keys = torch.stack([torch.randint(0, 3, (120,)), torch.randint(0, 4, (120,))], dim=1)
+    distinct = sorted(set(map(tuple, keys.tolist())))
+    ids = torch.tensor([distinct.index(tuple(row)) for row in keys.tolist()])
+    by_rows = correlation_coefficients(s, u, kind, groups=keys, strength=0.01)
+    by_ids = correlation_coefficients(s, u, kind, groups=ids, strength=0.01)
+    assert len(distinct) == by_rows.rho.numel()
+    assert torch.equal(by_rows.rho, by_ids.rho) and torch.equal(by_rows.valid, by_ids.valid)
+    with pytest.raises(ValueError, match=r"groups must be an integer tensor \(N,\) or \(N, C\)"):
+        correlation_coefficients(s, u, kind, groups=keys[:, :, None])

@@ -11,7 +11,7 @@ from detectron2.utils.events import EventStorage
 from corrloss_d2.config import load_corrloss_config
 from corrloss_d2.engine import launch_processes
 from corrloss_d2.errors import ConfigError
-from corrloss_d2.modeling import CorrelationLoss
+from corrloss_d2.modeling import CorrelationLoss, CorrelationSamples, matched_box_iou
 from corrloss_d2.modeling.correlation_term import rho_span
 from tests.references import reference_concordance
 from tests.tiny import REPO
@@ -70,8 +70,11 @@ def test_a_process_splits_its_batch_into_groups_of_images():
     logits, ious, image_index = samples(0)
     pred, gt = boxes_with_ious(ious)
     loss = CorrelationLoss(weight=1.0, kind="concordance", images_per_group=2).train()
+    positives = CorrelationSamples.from_logits(
+        logits, matched_box_iou(pred, gt), image_index=image_index
+    )
     with EventStorage() as storage:
-        value = loss(logits, pred, gt, image_index=image_index)["loss_corr"]
+        value = loss(positives)["loss_corr"]
     scores = torch.sigmoid(logits)
     rhos = [
         reference_concordance(scores[:10], ious[:10]),
@@ -81,13 +84,16 @@ def test_a_process_splits_its_batch_into_groups_of_images():
     assert value.item() == pytest.approx(1 - np.mean(rhos), rel=1e-6)
     assert storage.latest()["corr/valid_groups"][0] == 2
     with pytest.raises(ValueError, match="needs image_index"):
-        loss(logits, pred, gt)
+        loss(CorrelationSamples.from_logits(logits, matched_box_iou(pred, gt)))
 
 
 def _two_process_worker(out_dir):
     rank = torch.distributed.get_rank()
     logits, ious, image_index = samples(rank, num_images=2)
     pred, gt = boxes_with_ious(ious)
+    positives = CorrelationSamples.from_logits(
+        logits.requires_grad_(), matched_box_iou(pred, gt), image_index=image_index
+    )
     logged = {}
     for images_per_rho in (4, 2):
         cfg = load_corrloss_config(
@@ -96,7 +102,7 @@ def _two_process_worker(out_dir):
         )
         loss = CorrelationLoss(cfg).train()
         with EventStorage() as storage:
-            loss(logits.requires_grad_(), pred, gt, image_index=image_index)
+            loss(positives)
         logged[images_per_rho] = storage.latest()["corr/rho"][0]
     torch.save(logged, os.path.join(out_dir, f"rank{rank}.pt"))
 

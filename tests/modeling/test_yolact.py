@@ -55,12 +55,12 @@ def test_correlation_is_of_the_softmax_class_probability_and_box_iou_per_image(m
     model.train()
     with EventStorage():
         model(synthetic_batch(2))
-    ((args, kwargs),) = calls
-    assert args == (None,)  # no sigmoid logits: the softmax probabilities come as scores
-    scores, ious = kwargs["gt_class_scores"], kwargs["ious"]
+    (((samples,), kwargs),) = calls
+    assert not kwargs  # no name suffix: one term
+    scores, ious = samples.scores, samples.ious
     assert ((scores > 0) & (scores < 1)).all() and not ious.requires_grad
     assert ((ious >= 1e-6) & (ious <= 1)).all()
-    assert set(kwargs["image_index"].tolist()) <= {0, 1}
+    assert set(samples.image_index.tolist()) <= {0, 1}
 
 
 def test_inference_outputs_bit_masks_at_the_requested_size_inside_their_boxes():

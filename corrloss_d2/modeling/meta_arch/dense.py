@@ -18,7 +18,7 @@ from ...losses import mean_over_processes
 from .. import candidates as candidate_recording
 from ..backbone import backbone_feature_shapes
 from ..classification_loss import ClassificationLoss
-from ..correlation_term import CorrelationLoss, matched_box_iou
+from ..correlation_term import CorrelationLoss, CorrelationSamples, matched_box_iou
 
 __all__ = [
     "DensePositives",
@@ -75,7 +75,8 @@ def fcos_family_arguments(cfg, node_name: str, head_class: Type[FCOSHead]) -> Di
 
 
 class DensePositives(NamedTuple):
-    """The positives of a batch, P of them, in (image, anchor) row-major order.
+    """The positives of a batch, P of them, in (image, anchor) row-major order: what the
+    classification, box and correlation losses of a sigmoid-classifier dense detector need.
 
     gt_class_logits: (P,) logit of the assigned ground-truth class (carries gradient).
     pred_deltas: (P, 4) predicted box deltas (carry gradient).
@@ -94,6 +95,16 @@ class DensePositives(NamedTuple):
     ious: torch.Tensor
     level_index: torch.Tensor
     image_index: torch.Tensor
+
+    def correlation_samples(self) -> CorrelationSamples:
+        """The correlation term's samples: ``sigmoid(gt_class_logits)`` and ``ious``, by image
+        and level."""
+        return CorrelationSamples.from_logits(
+            self.gt_class_logits,
+            self.ious,
+            image_index=self.image_index,
+            level_index=self.level_index,
+        )
 
 
 class DenseLosses(NamedTuple):
@@ -287,12 +298,5 @@ class CorrelationAwareDenseMixin:
         loss_box = self.box_regression_loss(
             anchors, pred_anchor_deltas, gt_boxes, pos_mask, normalizer, positives
         )
-        corr = self.correlation_loss(
-            positives.gt_class_logits,
-            positives.pred_boxes,
-            positives.gt_boxes,
-            level_index=positives.level_index,
-            image_index=positives.image_index,
-            ious=positives.ious,
-        )
+        corr = self.correlation_loss(positives.correlation_samples())
         return DenseLosses(loss_cls, loss_box, corr, pos_mask, normalizer, positives)

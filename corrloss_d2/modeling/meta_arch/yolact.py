@@ -23,7 +23,7 @@ from ...layers import assemble_masks, box_crop_mask, fast_nms
 from ...losses import cropped_mask_loss, ohem_cross_entropy, semantic_segmentation_loss
 from .. import candidates as candidate_recording
 from ..backbone import backbone_feature_shapes
-from ..correlation_term import CorrelationLoss, matched_box_iou
+from ..correlation_term import CorrelationLoss, CorrelationSamples, matched_box_iou
 from ..yolact_head import Protonet, YolactHead, xavier_conv
 from .build import check_model_config
 from .dense import anchor_levels
@@ -34,7 +34,9 @@ _MASK_CHUNK = 16  # masks upsampled to the output size at a time (bounds the flo
 
 
 class YolactPositives(NamedTuple):
-    """The P foreground anchors of a batch, in (image, anchor) row-major order.
+    """The P foreground anchors of a batch, in (image, anchor) row-major order. Not
+    :class:`~.dense.DensePositives`: the mask loss needs anchor and ground-truth indices, and
+    the scores are a softmax over all K + 1 logits rather than one sigmoid logit.
 
     image_index, anchor_index, gt_index: (P,) int64 image, anchor (over all levels) and index of
     the matched ground truth in its image. classes: (P,) its class. anchor_boxes, gt_boxes:
@@ -51,6 +53,20 @@ class YolactPositives(NamedTuple):
     deltas: torch.Tensor
     ious: torch.Tensor
     level_index: torch.Tensor
+
+    def correlation_samples(self, logits: torch.Tensor) -> CorrelationSamples:
+        """The correlation term's samples: the float32 softmax probability of each positive's
+        class among its anchor's ``logits`` ((N, R, K + 1), all levels), and ``ious``, by image
+        and level."""
+        scores = (
+            logits[self.image_index, self.anchor_index]
+            .float()
+            .softmax(dim=-1)
+            .gather(1, self.classes[:, None])[:, 0]
+        )
+        return CorrelationSamples(
+            scores, self.ious, image_index=self.image_index, level_index=self.level_index
+        )
 
 
 @META_ARCH_REGISTRY.register()
@@ -330,19 +346,7 @@ class CorrYOLACT(DenseDetector):
             beta=self.smooth_l1_beta,
             reduction="sum",
         )
-        gt_class_scores = (
-            logits[positives.image_index, positives.anchor_index]
-            .float()
-            .softmax(dim=-1)
-            .gather(1, positives.classes[:, None])[:, 0]
-        )
-        corr = self.correlation_loss(
-            None,
-            gt_class_scores=gt_class_scores,
-            ious=positives.ious,
-            image_index=positives.image_index,
-            level_index=positives.level_index,
-        )
+        corr = self.correlation_loss(positives.correlation_samples(logits))
         semantic_targets = self.semantic_targets(gt_instances, gt_masks, semantic_logits)
         return {
             "loss_cls": loss_cls / normalizer,

@@ -240,6 +240,14 @@ class CorrelationLoss(nn.Module):
         metric_prefix: str = "corr/",
     ):
         corr = cfg.MODEL.CORR_LOSS
+        group_by = default_group_by if corr.GROUP_BY == "auto" else corr.GROUP_BY
+        if group_by == "image" and corr.IMAGES_PER_RHO:
+            raise ConfigError(
+                f"cfg.MODEL.CORR_LOSS.IMAGES_PER_RHO = {corr.IMAGES_PER_RHO} spans several "
+                f"images but MODEL.CORR_LOSS.GROUP_BY {corr.GROUP_BY!r} gives "
+                f"{cfg.MODEL.META_ARCHITECTURE} one ρ per image: set IMAGES_PER_RHO 0, or "
+                "GROUP_BY 'batch' or 'level'"
+            )
         images_per_group, processes = rho_span(
             corr.IMAGES_PER_RHO, cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size()
         )
@@ -249,7 +257,7 @@ class CorrelationLoss(nn.Module):
             "weight": corr.WEIGHT,
             "kind": corr.TYPE,
             "rank_strength": corr.RANK_STRENGTH,
-            "group_by": default_group_by if corr.GROUP_BY == "auto" else corr.GROUP_BY,
+            "group_by": group_by,
             "group_reduction": (
                 default_group_reduction if corr.GROUP_REDUCTION == "auto" else corr.GROUP_REDUCTION
             ),

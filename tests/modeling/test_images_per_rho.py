@@ -47,6 +47,24 @@ def test_span_that_does_not_fit_is_named(images_per_rho, batch, processes, messa
         rho_span(images_per_rho, batch, processes)
 
 
+def test_a_span_of_images_with_one_rho_per_image_is_named():
+    # CorrYOLACT's "auto" grouping is one ρ per image (the config check sees only an explicit
+    # "image"): a span of several images contradicts it.
+    cfg = load_corrloss_config(
+        os.path.join(REPO, "configs", "Base-CorrYOLACT.yaml"),
+        [
+            "SOLVER.IMS_PER_BATCH",
+            8,
+            "MODEL.CORR_LOSS.IMAGES_PER_RHO",
+            4,
+            "MODEL.CORR_LOSS.GROUP_BY",
+            "auto",
+        ],
+    )
+    with pytest.raises(ConfigError, match=r"IMAGES_PER_RHO = 4 spans .* CorrYOLACT one ρ per"):
+        CorrelationLoss(cfg, default_group_by="image")
+
+
 def samples(seed, num_images=4, per_image=5):
     gen = torch.Generator().manual_seed(seed)
     ious = torch.rand(num_images * per_image, generator=gen, dtype=torch.float64) * 0.9 + 0.05

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train and evaluate corrloss_d2 detectors (CorrRetinaNet, CorrFCOS, CorrSparseRCNN).
+"""Train and evaluate corrloss_d2 detectors (CorrRetinaNet, CorrFCOS, CorrATSS, CorrSparseRCNN,
+CorrDINO, CorrYOLACT); flags, resuming and several processes: docs/training.md.
 
     python train_net.py --config-file configs/CPU/retinanet_R_18_FPN_raccoon_scratch.yaml
     python train_net.py --num-gpus 8 \

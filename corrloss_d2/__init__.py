@@ -1,8 +1,8 @@
 """corrloss_d2: correlation-aware losses for Detectron2 detectors.
 
 Importing the package registers its meta-architectures (CorrRetinaNet, CorrFCOS, CorrATSS,
-CorrSparseRCNN, CorrDINO), the backbone ``build_fcos_resnet_fpn_backbone`` and its datasets
-with detectron2.
+CorrSparseRCNN, CorrDINO, CorrYOLACT), the backbone ``build_fcos_resnet_fpn_backbone`` and its
+datasets with detectron2.
 """
 
 from .compiled_ops import register_missing_op_placeholders
@@ -18,6 +18,7 @@ from .modeling import (  # noqa: E402
     CorrFCOS,
     CorrRetinaNet,
     CorrSparseRCNN,
+    CorrYOLACT,
 )
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __all__ = [
     "CorrATSS",
     "CorrSparseRCNN",
     "CorrDINO",
+    "CorrYOLACT",
     "CorrelationLoss",
 ]
 

@@ -1,8 +1,8 @@
 """detectron2's compiled ops (``detectron2._C``): detection, and clear errors where they are absent.
 
-The pure-Python detectron2 fallback (README, "Installing detectron2") has no ``_C``. detectron2
-itself degrades gracefully for the fast COCO evaluation (it uses pycocotools) but not for the
-rotated-box ops (an obscure "no such operator detectron2::..." deep inside a call) or for
+The pure-Python detectron2 fallback (docs/install.md, "Installing detectron2") has no ``_C``.
+detectron2 itself degrades gracefully for the fast COCO evaluation (it uses pycocotools) but not
+for the rotated-box ops (an obscure "no such operator detectron2::..." deep inside a call) or for
 deformable convolution (a generic "not compiled" ImportError). Importing corrloss_d2 registers
 placeholders for the rotated-box operators that raise :class:`MissingCompiledOpError`, and
 :func:`check_config_compiled_ops` rejects configs that need deformable convolution, naming the key.
@@ -25,7 +25,7 @@ HOW_TO_GET_THEM = (
     "Install the official detectron2 from source instead: "
     "`pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'`, "
     "or re-run `CORRLOSS_DETECTRON2=official bash tools/setup_env.sh` on a machine that reaches "
-    "that repository (README, 'Installing detectron2')."
+    "that repository (docs/install.md, 'Installing detectron2')."
 )
 
 # Operators that detectron2's C++ extension registers under torch.ops.detectron2, with the Python

@@ -1,5 +1,6 @@
-"""The package's import rules (README, "Architecture"): each room imports only the rooms below it,
-checked on the source of every module (a lazy import inside a function counts too)."""
+"""The package's import rules (docs/adding_a_detector.md, "Where things live"): each room imports
+only the rooms below it, checked on the source of every module (a lazy import inside a function
+counts too)."""
 
 import ast
 import pathlib

@@ -120,7 +120,7 @@ case "$D2_MODE" in
       [ "$(installed_d2_kind)" = "official:$D2_COMMIT" ] || install_official
     else
       log "notice: $D2_REPO is unreachable; using the pure-Python detectron2 sources of" \
-          "$D2_FALLBACK (no compiled ops; see README 'Installing detectron2')"
+          "$D2_FALLBACK (no compiled ops; see docs/install.md)"
       [ "$(installed_d2_kind)" = fallback ] || install_fallback
     fi ;;
 esac

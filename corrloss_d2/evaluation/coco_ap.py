@@ -2,7 +2,7 @@
 
 detectron2's compiled evaluation (``COCOeval_opt``) where its ops exist, otherwise the maintained
 ``faster-coco-eval`` package (C++ matching and accumulation; same AP as pycocotools, tested).
-Plain pycocotools takes several times longer (README, "Correlation evaluation").
+Plain pycocotools takes several times longer (docs/evaluation.md).
 """
 
 import contextlib

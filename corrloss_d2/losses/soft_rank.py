@@ -5,14 +5,24 @@ soft rank of ``x`` with strength ``eps`` is the projection of ``x / eps`` onto t
 ``(1, ..., n)``. Sorting ``z = x / eps`` in non-increasing order reduces the projection to an
 isotonic regression of ``z_sorted - (n, ..., 1)``, solved exactly by pool-adjacent-violators (PAV).
 
-The forward pass is one compiled CPU kernel, linear in n and free of numpy's sort (whose speed
-depends on the CPU's vector units): scale and check the values, sort them stably (an LSD radix
-sort of their bit patterns, then a counting pass by group), run PAV per group. When all values
-span less than 1 the sort is skipped: PAV would pool each group into one block. The kernel records
-the order and the PAV blocks, and the backward pass applies the projection's exact Jacobian
-(identity minus averaging within blocks) with a second kernel.
+Two exact implementations of it; by default the one for the tensor's device (``backend``):
+
+* "numba", for CPU tensors (and for others but CUDA ones, through the host): the forward pass is
+  one compiled CPU kernel, linear in n and free of numpy's sort (whose speed depends on the CPU's
+  vector units): scale and check the values, sort them stably (an LSD radix sort of their bit
+  patterns, then a counting pass by group), run PAV per group. When all values span less than 1
+  the sort is skipped: PAV would pool each group into one block. The kernel records the order and
+  the PAV blocks, and the backward pass applies the projection's exact Jacobian (identity minus
+  averaging within blocks) with a second kernel.
+* "torch", for CUDA tensors: torch operations on the tensor's device, no copy to the host and a
+  few host syncs per call, none per value. PAV itself is sequential; the same blocks are found by
+  a sort, a few parallel rounds of PAV (pooling every run of rising means at once), then a test of
+  the cuts left as vertices of the least concave majorant of the cumulative sums (whose slopes
+  are the blocks' means), each against its neighbours within a reach that grows until the
+  blocks' means fall. The backward pass averages within the blocks (differences of cumsums).
 """
 
+import functools
 import math
 
 import numba
@@ -21,7 +31,9 @@ import torch
 
 __all__ = ["soft_rank", "grouped_soft_rank", "SOFT_RANK_BACKENDS"]
 
-SOFT_RANK_BACKENDS = ("native", "torchsort")
+# This module's own projections; "native" is the one for the tensor's device (see _projection).
+_OWN_BACKENDS = ("native", "numba", "torch")
+SOFT_RANK_BACKENDS = _OWN_BACKENDS + ("torchsort",)
 NON_FINITE_MESSAGE = (
     "soft_rank got non-finite values (inf or NaN, or overflow of x / strength); "
     "ranks are undefined for them"
@@ -48,6 +60,11 @@ _NEEDS_64_BIT_KEYS = -3
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 _NO_GROUPS = np.empty(0, np.int64)
 _NO_BITS = np.empty(0, np.uint32)
+# The torch path compares candidate vertices with their neighbours in chunks of at most this many
+# pairs (float64: 32 MiB per temporary), whatever the group sizes, within a first reach of about
+# _FIRST_PAIRS pairs in all (see _torch_projection).
+_PAIRS_PER_CHUNK = 1 << 22
+_FIRST_PAIRS = 1 << 16
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -533,9 +550,23 @@ def _as_output(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _project_tensor(x, group_index, row_length, num_groups, strength, centered):
-    """Runs :func:`_project` on ``x`` (any shape, flattened); returns (ranks like ``x``, order,
-    block_start, number of blocks)."""
+def _numba_projection(x, groups, row_length, num_groups, strength, centered):
+    """Soft ranks of ``x / strength`` within groups by :func:`_project`, on the CPU whatever the
+    device of ``x``.
+
+    Args:
+        x: (...) floating-point values, flattened to (N,), N >= 1.
+        groups: (N,) integer tensor of group ids, or None when ``row_length > 0`` or
+            ``num_groups == 1``.
+        row_length, num_groups, strength, centered: as for :func:`_project`.
+    Returns:
+        (ranks with the shape, dtype and device of ``x``, vjp): ``vjp(grad)`` is the gradient
+        w.r.t. ``x`` for the gradient ``grad`` (shaped like ``x``) of the ranks.
+    """
+    if groups is None:
+        group_np = _NO_GROUPS
+    else:
+        group_np = groups.detach().to("cpu", torch.int64).contiguous().numpy().reshape(-1)
     values = _cpu_array(x)
     n = values.shape[0]
     ranks = np.empty(n, values.dtype)
@@ -547,7 +578,7 @@ def _project_tensor(x, group_index, row_length, num_groups, strength, centered):
         values,
         bits,
         strength,
-        group_index,
+        group_np,
         row_length,
         num_groups,
         centered,
@@ -559,40 +590,234 @@ def _project_tensor(x, group_index, row_length, num_groups, strength, centered):
         if num_blocks == _NON_FINITE:
             raise ValueError(NON_FINITE_MESSAGE)
         raise ValueError(f"group_index must lie in [0, num_groups={num_groups})")
-    return _as_output(ranks, x), order, block_start, num_blocks
+    vjp = functools.partial(_numba_vjp, order, block_start, num_blocks, strength)
+    return _as_output(ranks, x), vjp
+
+
+def _numba_vjp(order, block_start, num_blocks, strength, grad):
+    """Gradient w.r.t. ``x`` by :func:`_within_block_deviation`, the other arguments from
+    :func:`_project`; like ``grad``."""
+    grad_np = _cpu_array(grad)
+    grad_x = np.empty(grad_np.shape[0], grad_np.dtype)
+    _within_block_deviation(grad_np, order, block_start, num_blocks, strength, grad_x)
+    return _as_output(grad_x, grad)
+
+
+def _max_slope_ahead(height, position, limit, reach):
+    """Steepest slope from each point to a later point within reach.
+
+    Args:
+        height, position: (R,) float64 coordinates of points, ``position`` increasing.
+        limit: (R,) float64; point ``r`` reaches the points ``r' > r`` with
+            ``position[r'] <= limit[r]`` and ``r' - r <= reach`` (int).
+    Returns:
+        (R,) float64, max over the points ``r'`` reached of
+        ``(height[r'] - height[r]) / (position[r'] - position[r])``; -inf where none is.
+    """
+    count = height.shape[0]
+    padded_height = torch.cat([height, height.new_zeros(reach)])
+    padded_position = torch.cat([position, position.new_full((reach,), math.inf)])  # past limits
+    best = height.new_full((count,), -math.inf)
+    step = max(1, _PAIRS_PER_CHUNK // count)
+    for first in range(1, reach + 1, step):
+        span = min(step, reach + 1 - first)
+        # (R, span) views: [r, j] is point r + first + j.
+        ahead_height = padded_height[first : first + count + span - 1].unfold(0, span, 1)
+        ahead_position = padded_position[first : first + count + span - 1].unfold(0, span, 1)
+        slope = (ahead_height - height[:, None]) / (ahead_position - position[:, None])
+        slope = slope.masked_fill(ahead_position > limit[:, None], -math.inf)
+        best = torch.maximum(best, slope.amax(1))
+    return best
+
+
+def _cumulative(values):
+    """(N + 1,) sums of the first 0, 1, ..., N of the (N,) ``values``."""
+    return torch.cat([values.new_zeros(1), values.cumsum(0)])
+
+
+def _block_means(values, cumulative, block_start, block_end):
+    """(N,) mean of ``values`` over the block of each position; ``cumulative``:
+    ``_cumulative(values)``; ``block_start``/``block_end``: (N,) the block's positions
+    ``[start, end)``. A block of one value keeps it exactly (no rounding of the sums)."""
+    size = block_end - block_start
+    means = (cumulative[block_end] - cumulative[block_start]) / size
+    return torch.where(size == 1, values, means)
+
+
+def _pool_adjacent_violators(points, heights, inner):
+    """One parallel round of PAV: drops every cut between two blocks whose means rise (in a run
+    of rising means, PAV would pool all of them).
+
+    Args:
+        points: (R,) int64 increasing positions of the cuts between blocks of the values (point k
+            precedes value k), among them every group end.
+        heights: (N + 1,) float64 cumulative sums of the values (see :func:`_cumulative`).
+        inner: (N + 1,) bool, False at the group ends, which stay.
+    Returns:
+        (R',) the points kept, R' <= R.
+    """
+    height = heights[points]
+    means = (height[1:] - height[:-1]) / (points[1:] - points[:-1]).to(torch.float64)
+    pooled = torch.zeros_like(points, dtype=torch.bool)
+    pooled[1:-1] = inner[points[1:-1]] & (means[:-1] < means[1:])
+    return points[~pooled]
+
+
+def _concave_vertices(height, position, lower, upper, reach):
+    """Which points are vertices of the least concave majorant of the points of their group,
+    collinear ones included: those where the least slope from an earlier point is at least the
+    greatest slope to a later one (a group's first and last points always are).
+
+    Args:
+        height, position: (R,) float64 points, ``position`` increasing.
+        lower, upper: (R,) float64 positions of the first and the last point of each point's group.
+        reach: each point is compared with the points of its group up to this many places before
+            and after it (int); exact when that covers the groups, else a superset of the vertices
+            (fewer slopes compared).
+    Returns:
+        (R,) bool.
+    """
+    to_later = _max_slope_ahead(height, position, upper, reach)
+    # The least slope from an earlier point: the greatest slope ahead with the points mirrored.
+    mirrored = _max_slope_ahead(height.flip(0), -position.flip(0), -lower.flip(0), reach)
+    return -mirrored.flip(0) >= to_later
+
+
+def _torch_projection(x, groups, row_length, num_groups, strength, centered):
+    """:func:`_numba_projection` with torch operations on the device of ``x``.
+
+    Within a group of m sorted values, PAV's blocks for ``s = z_sorted - (m, ..., 1)`` are cut at
+    the vertices of the least concave majorant of the points ``(k, s_0 + ... + s_{k-1})``,
+    ``k = 0..m``, collinear ones included (PAV pools only strictly rising means). Parallel rounds
+    of PAV (:func:`_pool_adjacent_violators`) first drop most points that are not, as long as a
+    round drops a quarter of them. The points left are compared with each other, first within a
+    short reach: that cuts at every vertex and maybe more, and is exact if no block's mean
+    exceeds the previous one's (a spurious cut inside a true block leaves a first part with a
+    smaller mean than the last); else the reach grows. The sums use ``s`` minus the group's first
+    value (slopes all shift alike) to keep them small; blocks are averaged as differences of
+    cumulative sums, so the ranks' rounding error grows as ``max|z| * N * 2**-53`` (the kernel's
+    as ``max|z| * 2**-53``). Host syncs: two, plus one per round and per reach.
+
+    Args, Returns: as for :func:`_numba_projection`.
+    """
+    z = x.detach().reshape(-1).to(torch.float64)
+    if strength != 1.0:
+        z = z / strength
+    z = z + 0.0  # -0.0 + 0.0 is +0.0: both zeros tie (a radix sort would order them by their bits)
+    n = z.shape[0]
+    index = torch.arange(n, device=z.device)
+    if groups is None:
+        groups = index // row_length if row_length > 0 else torch.zeros_like(index)
+    groups = groups.detach().reshape(-1).to(z.device, torch.int64)
+    finite, known_groups = torch.stack(
+        [torch.isfinite(z).all(), ((groups >= 0) & (groups < num_groups)).all()]
+    ).tolist()
+    if not finite:
+        raise ValueError(NON_FINITE_MESSAGE)
+    if not known_groups:
+        raise ValueError(f"group_index must lie in [0, num_groups={num_groups})")
+
+    # Positions 0..N-1 of the values sorted by group, then by non-increasing z (both stable).
+    order = torch.sort(z, descending=True, stable=True).indices
+    if num_groups > 1:
+        order = order[torch.sort(groups[order], stable=True).indices]
+    sorted_groups = groups[order]
+    # Group g at positions [bounds[g], bounds[g + 1]); (N,) those of each position's group.
+    bounds = torch.searchsorted(sorted_groups, torch.arange(num_groups + 1, device=z.device))
+    group_start = bounds[sorted_groups]
+    group_end = bounds[sorted_groups + 1]
+    sorted_z = z[order]
+    s = sorted_z - (group_end - index).to(torch.float64)  # minus (m, ..., 1)
+    first = s[group_start]
+    shifted = s - first
+    heights = _cumulative(shifted)
+
+    # Points 0..N, point k before position k, with their group's first and last points.
+    points = torch.arange(n + 1, device=z.device)
+    point_start = torch.cat([group_start, group_start.new_full((1,), n)])
+    point_end = torch.cat([group_end, group_end.new_full((1,), n)])
+    inner = point_start != points
+    while True:
+        kept = _pool_adjacent_violators(points, heights, inner)
+        few_dropped = 4 * (points.shape[0] - kept.shape[0]) < points.shape[0]
+        points = kept
+        if few_dropped:
+            break
+    is_kept = torch.zeros(n + 1, dtype=torch.bool, device=z.device)
+    is_kept[points] = True
+    count = is_kept.cumsum(0)
+    width = int((count[point_end[points]] - count[point_start[points]]).max())
+    coordinates = (
+        heights[points],
+        points.to(torch.float64),
+        point_start[points].to(torch.float64),
+        point_end[points].to(torch.float64),
+    )
+    reach = min(width, max(1, _FIRST_PAIRS // points.shape[0]))
+    while True:
+        cut = torch.zeros(n + 1, dtype=torch.bool, device=z.device)
+        cut[points] = _concave_vertices(*coordinates, reach)
+        # Each position's block [start, end): the last cut at or before it, the first after it.
+        block_start = torch.where(cut[:n], index, 0).cummax(0).values
+        block_end = torch.where(cut[1:], index + 1, n).flip(0).cummin(0).values.flip(0)
+        means = _block_means(shifted, heights, block_start, block_end)
+        if reach == width:
+            break
+        rising = cut[1:n] & inner[1:n] & (means[:-1] < means[1:])
+        if not bool(rising.any()):
+            break
+        reach = min(width, 4 * reach)
+
+    sorted_ranks = sorted_z - (first + means)
+    if centered:
+        sorted_ranks = sorted_ranks - (group_end - group_start + 1).to(torch.float64) / 2
+    ranks = torch.empty_like(z).index_copy_(0, order, sorted_ranks)
+    vjp = functools.partial(_torch_vjp, order, block_start, block_end, strength)
+    return ranks.to(x.dtype).reshape(x.shape), vjp
+
+
+def _torch_vjp(order, block_start, block_end, strength, grad):
+    """``(grad - mean of grad over its block) / strength`` (see :func:`_within_block_deviation`)
+    on the device of ``grad``, in float64, returned like ``grad``; the other arguments from
+    :func:`_torch_projection`."""
+    sorted_grad = grad.reshape(-1).to(torch.float64)[order]
+    means = _block_means(sorted_grad, _cumulative(sorted_grad), block_start, block_end)
+    grad_x = torch.empty_like(sorted_grad).index_copy_(0, order, (sorted_grad - means) / strength)
+    return grad_x.to(grad.dtype).reshape(grad.shape)
+
+
+def _projection(backend: str, device: torch.device):
+    """The projection that ``backend`` (one of ``_OWN_BACKENDS``) runs for a tensor on
+    ``device``: "native" is the torch operations for CUDA tensors (on the device: no copy to the
+    host and back) and the numba kernel for any other (CPU; devices without float64 too)."""
+    if backend == "native":
+        backend = "torch" if device.type == "cuda" else "numba"
+    return _numba_projection if backend == "numba" else _torch_projection
 
 
 class _PermutahedronProjection(torch.autograd.Function):
-    """Soft ranks of ``x / strength`` within groups; exact Jacobian in backward. ``x`` may have any
-    shape (flattened inside, so that no view nodes enter the graph). Both passes run on the CPU
-    (one compiled kernel each); results go back to the input's device."""
+    """Soft ranks of ``x / strength`` within groups by ``projection`` (:func:`_numba_projection`
+    or :func:`_torch_projection`, same arguments); exact Jacobian in backward. ``x`` may have any
+    shape (flattened inside, so that no view nodes enter the graph)."""
 
     @staticmethod
-    def forward(ctx, x, group_index, row_length, num_groups, strength, centered):
-        ranks, ctx.order, ctx.block_start, ctx.num_blocks = _project_tensor(
-            x, group_index, row_length, num_groups, strength, centered
-        )
-        ctx.strength = strength
+    def forward(ctx, x, projection, groups, row_length, num_groups, strength, centered):
+        ranks, ctx.vjp = projection(x, groups, row_length, num_groups, strength, centered)
         return ranks
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        grad_np = _cpu_array(grad)
-        grad_x = np.empty(grad_np.shape[0], grad_np.dtype)
-        _within_block_deviation(
-            grad_np, ctx.order, ctx.block_start, ctx.num_blocks, ctx.strength, grad_x
-        )
-        return _as_output(grad_x, grad), None, None, None, None, None
+        return ctx.vjp(grad), None, None, None, None, None, None
 
 
-def _project_autograd(x, group_index, row_length, num_groups, strength, centered):
-    """Soft ranks of ``x`` (any shape; see :func:`_project`), through autograd when it needs to."""
+def _project_autograd(x, projection, groups, row_length, num_groups, strength, centered):
+    """Soft ranks of ``x`` by ``projection`` (see :class:`_PermutahedronProjection`), through
+    autograd when it needs to."""
+    args = (groups, row_length, num_groups, strength, centered)
     if x.requires_grad and torch.is_grad_enabled():
-        return _PermutahedronProjection.apply(
-            x, group_index, row_length, num_groups, strength, centered
-        )
-    return _project_tensor(x, group_index, row_length, num_groups, strength, centered)[0]
+        return _PermutahedronProjection.apply(x, projection, *args)
+    return projection(x, *args)[0]
 
 
 def _check_inputs(x: torch.Tensor, strength: float) -> None:
@@ -623,7 +848,10 @@ def soft_rank(x: torch.Tensor, strength: float = 1.0, *, backend: str = "native"
     Args:
         x: (..., n) floating-point tensor, finite, on any device.
         strength: regularisation strength ``eps > 0``.
-        backend: "native" (this module, exact PAV) or "torchsort" (requires torchsort installed).
+        backend: "native" (this module's exact projection for the tensor's device: "torch" for
+            CUDA tensors, else "numba"), "numba" (the compiled CPU kernel; tensors on other
+            devices go to the host and back), "torch" (torch operations on the tensor's device) or
+            "torchsort" (requires torchsort installed).
     Returns:
         (..., n) soft ranks with the dtype and device of ``x``; differentiable w.r.t. ``x``.
     """
@@ -649,7 +877,8 @@ def soft_rank(x: torch.Tensor, strength: float = 1.0, *, backend: str = "native"
         ranks = torchsort.soft_rank(rows, regularization="l2", regularization_strength=strength)
         return ranks.reshape(x.shape)
 
-    return _project_autograd(x, _NO_GROUPS, n, x.numel() // n, float(strength), False)
+    projection = _projection(backend, x.device)
+    return _project_autograd(x, projection, None, n, x.numel() // n, float(strength), False)
 
 
 def grouped_soft_rank(
@@ -659,6 +888,7 @@ def grouped_soft_rank(
     strength: float = 1.0,
     *,
     centered: bool = False,
+    backend: str = "native",
 ) -> torch.Tensor:
     """Soft ranks of ``x`` computed separately within each group (see :func:`soft_rank`).
 
@@ -669,15 +899,20 @@ def grouped_soft_rank(
         strength: regularisation strength ``eps > 0``.
         centered: subtract each group's mean rank ``(m_g + 1) / 2`` in float64 before casting to
             the dtype of ``x``; keeps float32 precision for groups of thousands of values.
+        backend: "native", "numba" or "torch", as for :func:`soft_rank`.
     Returns:
         (N,) ranks in ``1..m_g`` within each group g of size ``m_g`` (or centred); differentiable
         w.r.t. ``x``.
     """
     _check_inputs(x, strength)
+    if backend not in _OWN_BACKENDS:
+        raise ValueError(
+            f"grouped_soft_rank backend must be one of {_OWN_BACKENDS}, got {backend!r}"
+        )
     if x.numel() == 0:
         return x * 0
-    if num_groups == 1:  # every valid id is 0: no need to read them
-        group_np = _NO_GROUPS
-    else:
-        group_np = group_index.detach().to("cpu", torch.int64).contiguous().numpy()
-    return _project_autograd(x, group_np, 0, int(num_groups), float(strength), bool(centered))
+    groups = None if num_groups == 1 else group_index  # every valid id is 0: no need to read them
+    projection = _projection(backend, x.device)
+    return _project_autograd(
+        x, projection, groups, 0, int(num_groups), float(strength), bool(centered)
+    )

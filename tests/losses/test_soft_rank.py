@@ -8,6 +8,9 @@ from scipy.stats import rankdata
 
 from corrloss_d2.losses import grouped_soft_rank, soft_rank
 
+KERNELS = importlib.import_module("corrloss_d2.losses.soft_rank")
+BACKENDS = ["numba", "torch"]  # the CPU kernel and the torch path (CUDA's), both run on the CPU
+
 
 def assert_is_projection(z: np.ndarray, mu: np.ndarray, tol: float = 1e-9) -> None:
     """Brute force over all subsets and permutations: mu is the Euclidean projection of z onto the
@@ -23,12 +26,13 @@ def assert_is_projection(z: np.ndarray, mu: np.ndarray, tol: float = 1e-9) -> No
         assert np.dot(z - mu, np.array(perm, dtype=float) - mu) <= tol * n * n
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n", [1, 2, 3, 6])
 @pytest.mark.parametrize("strength", [0.05, 0.3, 1.0, 4.0])
-def test_matches_brute_force_projection(n, strength):
+def test_matches_brute_force_projection(n, strength, backend):
     gen = torch.Generator().manual_seed(n * 100 + int(strength * 10))
     x = torch.randn(n, generator=gen, dtype=torch.float64)
-    assert_is_projection(x.numpy() / strength, soft_rank(x, strength).numpy())
+    assert_is_projection(x.numpy() / strength, soft_rank(x, strength, backend=backend).numpy())
 
 
 def test_projection_check_rejects_a_wrong_answer():
@@ -62,8 +66,9 @@ def test_batched_shapes_and_rank_sum():
     torch.testing.assert_close(soft_rank(torch.tensor([[0.3]])), torch.tensor([[1.0]]))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("strength", [0.1, 1.0])
-def test_gradcheck(strength):
+def test_gradcheck(strength, backend):
     gen = torch.Generator().manual_seed(1)
     # Well-separated values keep the finite differences inside one PAV block structure.
     x = (
@@ -74,12 +79,13 @@ def test_gradcheck(strength):
         .reshape(2, 4)
         .requires_grad_()
     )
-    assert torch.autograd.gradcheck(lambda t: soft_rank(t, strength), (x,))
+    assert torch.autograd.gradcheck(lambda t: soft_rank(t, strength, backend=backend), (x,))
     group = torch.tensor([0, 1, 0, 1, 1, 0, 2, 2])
     x1 = x.detach().reshape(-1).clone().requires_grad_()
     for centered in (False, True):
         assert torch.autograd.gradcheck(
-            lambda t: grouped_soft_rank(t, group, 3, strength, centered=centered), (x1,)
+            lambda t: grouped_soft_rank(t, group, 3, strength, centered=centered, backend=backend),
+            (x1,),
         )
 
 
@@ -205,16 +211,15 @@ def tricky_values(rng, n, dtype):
 def kernel_sort_order(x, strength):
     """Indices of ``x`` by non-increasing ``x / strength`` from the kernel's key map and radix
     sort (32-bit keys for float32 unless they would underflow, as in the kernel)."""
-    kernels = importlib.import_module("corrloss_d2.losses.soft_rank")
     n = x.size
     keys = np.empty(n, np.uint64)
-    status = kernels._NEEDS_64_BIT_KEYS
+    status = KERNELS._NEEDS_64_BIT_KEYS
     if x.dtype == np.float32:
-        status, low, high, varying = kernels._keys_32(x.view(np.uint32), strength, keys)
-    if status == kernels._NEEDS_64_BIT_KEYS:
-        status, low, high, varying = kernels._keys_64(x.astype(np.float64) / strength, keys)
+        status, low, high, varying = KERNELS._keys_32(x.view(np.uint32), strength, keys)
+    if status == KERNELS._NEEDS_64_BIT_KEYS:
+        status, low, high, varying = KERNELS._keys_64(x.astype(np.float64) / strength, keys)
     assert status == 0
-    items, _, mask = kernels._radix_sort(
+    items, _, mask = KERNELS._radix_sort(
         keys, np.empty(n, np.uint64), np.uint64(low), np.uint64(high), np.uint64(varying)
     )
     return (items & mask).astype(np.int64)
@@ -345,3 +350,130 @@ def test_gradient_dtype_device_and_shape_follow_the_input():
     half = torch.rand(50, dtype=torch.float16, requires_grad=True)
     grouped_soft_rank(half, torch.zeros(50, dtype=torch.long), 1, 0.01).sum().backward()
     assert half.grad.dtype == torch.float16
+
+
+# --- The torch path (CUDA's) against the numba kernel, both forced on the CPU -----------------
+
+
+def grouped_inputs(case, gen):
+    """(x float64, group ids, number of groups): "random" values in one group; "ties" (ten
+    distinct values and both zeros) in three groups; "grouped" random values in groups of sizes
+    0, 1, 1, 2, 3, 17, 60 and 200, the ids shuffled."""
+    if case == "random":
+        return torch.randn(300, generator=gen, dtype=torch.float64), torch.zeros(300).long(), 1
+    if case == "ties":
+        values = torch.randn(10, generator=gen, dtype=torch.float64)
+        values = torch.cat([values, torch.tensor([0.0, -0.0], dtype=torch.float64)])
+        x = values[torch.randint(0, 12, (300,), generator=gen)]
+        return x, torch.randint(0, 3, (300,), generator=gen), 3
+    groups = torch.repeat_interleave(torch.arange(8), torch.tensor([0, 1, 1, 2, 3, 17, 60, 200]))
+    groups = groups[torch.randperm(groups.numel(), generator=gen)]
+    return torch.randn(groups.numel(), generator=gen, dtype=torch.float64), groups, 8
+
+
+def ranks_and_gradient(backend, x, groups, num_groups, strength, weights, centered=False):
+    """grouped_soft_rank by ``backend`` and the gradient of ``(ranks * weights).sum()``."""
+    leaf = x.clone().requires_grad_()
+    ranks = grouped_soft_rank(
+        leaf, groups, num_groups, strength, centered=centered, backend=backend
+    )
+    (ranks * weights).sum().backward()
+    return ranks.detach(), leaf.grad
+
+
+@pytest.mark.parametrize("centered", [False, True])
+@pytest.mark.parametrize("strength", [1e-4, 1e-2, 0.3, 1.0, 10.0])
+@pytest.mark.parametrize("case", ["random", "ties", "grouped"])
+def test_torch_path_equals_numba_kernel(case, strength, centered):
+    """Same blocks, so the same ranks and gradients up to the rounding of the torch path's
+    cumulative sums (about 1e-12 here); no mean of two adjacent blocks is equal (which would let
+    rounding decide whether to pool them)."""
+    gen = torch.Generator().manual_seed(11)
+    x, groups, num_groups = grouped_inputs(case, gen)
+    weights = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    expected = ranks_and_gradient("numba", x, groups, num_groups, strength, weights, centered)
+    result = ranks_and_gradient("torch", x, groups, num_groups, strength, weights, centered)
+    torch.testing.assert_close(result[0], expected[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(result[1], expected[1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_torch_path_rows_follow_dtype_and_shape(dtype):
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(3, 4, 25, generator=gen).to(dtype)
+    x[0, 0, :5] = 0.5  # ties
+    grad = torch.linspace(-1, 1, 25, dtype=dtype).expand(3, 4, 25)  # not contiguous
+    results = []
+    for backend in BACKENDS:
+        leaf = x.clone().requires_grad_()
+        ranks = soft_rank(leaf, 0.05, backend=backend)
+        ranks.backward(grad)
+        assert ranks.dtype == leaf.grad.dtype == dtype and leaf.grad.shape == x.shape
+        results.append((ranks.detach(), leaf.grad))
+    torch.testing.assert_close(results[1], results[0])
+
+
+def test_torch_path_short_reach_and_small_chunks(monkeypatch):
+    """A first reach of one point and chunks of 16 pairs: the spurious cuts of a short reach
+    leave a block's mean above the previous one's, so the reach grows until the blocks are PAV's
+    (a true block that spans past the reach, as the cluster of ties pooled with one value above it
+    after another in PAV)."""
+    reaches = []
+    concave_vertices = KERNELS._concave_vertices
+
+    def spy(*args):
+        reaches.append(args[-1])
+        return concave_vertices(*args)
+
+    monkeypatch.setattr(KERNELS, "_FIRST_PAIRS", 1)
+    monkeypatch.setattr(KERNELS, "_PAIRS_PER_CHUNK", 16)
+    monkeypatch.setattr(KERNELS, "_concave_vertices", spy)
+    gen = torch.Generator().manual_seed(13)
+    cascade = torch.cat([2.0 * torch.arange(30, 0, -1), torch.zeros(40)]).double()
+    random = torch.randn(200, generator=gen, dtype=torch.float64)
+    for x, strength in ((cascade, 1.0), (random, 0.01), (random, 0.3)):
+        groups = torch.zeros(x.shape, dtype=torch.long)
+        weights = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        expected = ranks_and_gradient("numba", x, groups, 1, strength, weights)
+        result = ranks_and_gradient("torch", x, groups, 1, strength, weights)
+        torch.testing.assert_close(result, expected, rtol=0, atol=1e-6)
+    assert reaches[:3] == [1, 4, 16]  # the cascade's reach grew
+
+
+def test_torch_path_rejects_what_the_kernel_rejects():
+    with pytest.raises(ValueError, match="non-finite"):
+        soft_rank(torch.tensor([1.0, float("nan")]), backend="torch")
+    with pytest.raises(ValueError, match="non-finite"):  # x / strength overflows
+        soft_rank(torch.tensor([1e300, 1.0], dtype=torch.float64), 1e-10, backend="torch")
+    with pytest.raises(ValueError, match="group_index"):
+        grouped_soft_rank(torch.rand(4), torch.tensor([0, 1, 2, 3]), 3, 0.1, backend="torch")
+    with pytest.raises(ValueError, match="backend"):
+        grouped_soft_rank(torch.rand(4), torch.zeros(4).long(), 1, backend="torchsort")
+
+
+def test_native_backend_is_the_torch_path_for_cuda_tensors():
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert KERNELS._projection("native", cuda) is KERNELS._torch_projection
+    assert KERNELS._projection("native", cpu) is KERNELS._numba_projection
+    for device in (cuda, cpu):
+        assert KERNELS._projection("numba", device) is KERNELS._numba_projection
+        assert KERNELS._projection("torch", device) is KERNELS._torch_projection
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensors_rank_on_the_device(monkeypatch):
+    gen = torch.Generator().manual_seed(14)
+    x, groups, num_groups = grouped_inputs("grouped", gen)
+    weights = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    expected = ranks_and_gradient("numba", x, groups, num_groups, 0.01, weights)
+
+    def no_kernel(*args):
+        raise AssertionError("the numba kernel ran for a CUDA tensor")
+
+    monkeypatch.setattr(KERNELS, "_numba_projection", no_kernel)
+    cuda = torch.device("cuda")
+    ranks, grad = ranks_and_gradient(
+        "native", x.to(cuda), groups.to(cuda), num_groups, 0.01, weights.to(cuda)
+    )
+    assert ranks.device.type == grad.device.type == "cuda"
+    torch.testing.assert_close((ranks.cpu(), grad.cpu()), expected, rtol=0, atol=1e-6)

@@ -12,6 +12,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 import corrloss_d2  # noqa: F401
 from corrloss_d2 import add_corrloss_config
 from corrloss_d2.data import synthetic
+from tests.architectures import ARCHITECTURES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # train_net.py overrides for runs of a few iterations on small images.
@@ -31,90 +32,17 @@ FAST = [
     "SOLVER.STEPS",
     "()",
 ]
-BASES = {
-    "CorrRetinaNet": "Base-CorrRetinaNet.yaml",
-    "CorrFCOS": "Base-CorrFCOS.yaml",
-    "CorrATSS": "Base-CorrATSS.yaml",
-    "CorrSparseRCNN": "Base-CorrSparseRCNN.yaml",
-    "CorrDINO": "Base-CorrDINO.yaml",
-    "CorrYOLACT": "Base-CorrYOLACT.yaml",
-}
 NUM_CLASSES = 3
-HEAD_OPTS = {
-    "CorrRetinaNet": [
-        "MODEL.RETINANET.NUM_CLASSES",
-        NUM_CLASSES,
-        "MODEL.RETINANET.NUM_CONVS",
-        1,
-        "MODEL.ANCHOR_GENERATOR.SIZES",
-        [[16], [32], [64], [128], [256]],
-    ],
-    "CorrFCOS": ["MODEL.FCOS.NUM_CLASSES", NUM_CLASSES, "MODEL.FCOS.NUM_CONVS", 1],
-    "CorrATSS": ["MODEL.ATSS.NUM_CLASSES", NUM_CLASSES, "MODEL.ATSS.NUM_CONVS", 1],
-    # 2 stages, 20 proposals, 32-wide head; 20 proposals x 3 classes >= 50 detections.
-    "CorrSparseRCNN": [
-        "MODEL.SPARSE_RCNN.NUM_CLASSES",
-        NUM_CLASSES,
-        "MODEL.SPARSE_RCNN.NUM_STAGES",
-        2,
-        "MODEL.SPARSE_RCNN.NUM_PROPOSALS",
-        20,
-        "MODEL.SPARSE_RCNN.HIDDEN_DIM",
-        32,
-        "MODEL.SPARSE_RCNN.DIM_DYNAMIC",
-        8,
-        "MODEL.SPARSE_RCNN.NUM_HEADS",
-        4,
-        "MODEL.SPARSE_RCNN.DIM_FEEDFORWARD",
-        64,
-        "TEST.DETECTIONS_PER_IMAGE",
-        50,
-    ],
-    # 2 + 2 layers, 32 wide, 20 queries, at most 8 denoising queries; 20 x 3 >= 50 detections.
-    "CorrDINO": [
-        "MODEL.DINO.NUM_CLASSES",
-        NUM_CLASSES,
-        "MODEL.DINO.HIDDEN_DIM",
-        32,
-        "MODEL.DINO.NUM_HEADS",
-        4,
-        "MODEL.DINO.NUM_POINTS",
-        2,
-        "MODEL.DINO.NUM_ENCODER_LAYERS",
-        2,
-        "MODEL.DINO.NUM_DECODER_LAYERS",
-        2,
-        "MODEL.DINO.DIM_FEEDFORWARD",
-        64,
-        "MODEL.DINO.NUM_QUERIES",
-        20,
-        "MODEL.DINO.DN_NUMBER",
-        4,
-        "TEST.DETECTIONS_PER_IMAGE",
-        50,
-    ],
-    # 8 prototypes from a 32-wide protonet, one anchor size a level from 16 px.
-    "CorrYOLACT": [
-        "MODEL.YOLACT.NUM_CLASSES",
-        NUM_CLASSES,
-        "MODEL.YOLACT.NUM_PROTOTYPES",
-        8,
-        "MODEL.YOLACT.PROTONET_DIM",
-        32,
-        "MODEL.ANCHOR_GENERATOR.SIZES",
-        [[16], [32], [64], [128], [256]],
-        "TEST.DETECTIONS_PER_IMAGE",
-        50,
-    ],
-}
 
 
 def tiny_cfg(arch: str, *opts):
-    """ResNet-18/GN from scratch, 32-channel FPN, 1-conv (or 2-stage, 32-wide) heads, 3 classes,
-    on the CPU; one ρ per process's batch, whatever size a test gives it."""
+    """ResNet-18/GN from scratch, 32-channel FPN, 1-conv (or 2-stage, 32-wide) heads (the
+    architecture's ``tiny_opts``, tests/architectures.py), 3 classes, on the CPU; one ρ per
+    process's batch, whatever size a test gives it."""
     cfg = get_cfg()
     add_corrloss_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", BASES[arch]))
+    spec = ARCHITECTURES[arch]
+    cfg.merge_from_file(os.path.join(REPO, spec.base_config))
     cfg.merge_from_list(
         [
             "MODEL.DEVICE",
@@ -131,7 +59,9 @@ def tiny_cfg(arch: str, *opts):
             0,
             "MODEL.FPN.OUT_CHANNELS",
             32,
-            *HEAD_OPTS[arch],
+            spec.num_classes_key,
+            NUM_CLASSES,
+            *spec.tiny_opts,
             *opts,
         ]
     )

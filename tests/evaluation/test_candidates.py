@@ -1,20 +1,20 @@
-"""Pre-NMS candidates of CorrRetinaNet / CorrFCOS / CorrATSS: only while recording, outputs
-unchanged."""
+"""Pre-NMS candidates of the detectors with NMS (tests/architectures.py): only while recording,
+outputs unchanged."""
 
 import pytest
 import torch
 
 from corrloss_d2.modeling import candidates as candidate_recording
+from tests.architectures import ARCHITECTURES, names
 from tests.tiny import synthetic_batch, tiny_model
 
 
-@pytest.mark.parametrize(
-    "arch,node", [("CorrRetinaNet", "RETINANET"), ("CorrFCOS", "FCOS"), ("CorrATSS", "ATSS")]
-)
-def test_candidates_only_while_recording_and_outputs_unchanged(arch, node):
-    # An untrained model scores everything near its prior (0.01): threshold 0 keeps candidates.
+@pytest.mark.parametrize("arch", names(where=lambda spec: spec.nms))
+def test_candidates_only_while_recording_and_outputs_unchanged(arch):
+    # An untrained model scores everything low (near its prior): threshold 0 keeps candidates.
+    node = ARCHITECTURES[arch].node
     model = tiny_model(
-        arch, f"MODEL.{node}.SCORE_THRESH_TEST", 0.0, f"MODEL.{node}.TOPK_CANDIDATES_TEST", 50
+        arch, f"{node}.SCORE_THRESH_TEST", 0.0, f"{node}.TOPK_CANDIDATES_TEST", 50
     ).eval()
     batch = [{"image": b["image"], "height": 150, "width": 170} for b in synthetic_batch(2)]
     with torch.no_grad():

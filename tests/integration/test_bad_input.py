@@ -10,8 +10,8 @@ Each bad input, what catches it, and its tests here:
   ``test_invalid_config_value_*``.
 - a config file that does not exist: ``load_corrloss_config``, before any process starts;
   ``test_missing_config_file_*``.
-- dataset classes that do not fit the model's NUM_CLASSES key (RETINANET, FCOS, ATSS, SPARSE_RCNN,
-  DINO):
+- dataset classes that do not fit the model's NUM_CLASSES key (every meta-architecture's, as
+  tests/architectures.py lists them):
   ``corrloss_d2.data.checks.check_datasets`` from the trainer's loaders;
   ``test_dataset_classes_*``, ``test_class_count_*``.
 - missing dataset folders or files: the dataset loaders (``corrloss_d2.data.datasets``);
@@ -58,7 +58,8 @@ from corrloss_d2.data.checks import num_classes_key
 from corrloss_d2.data.datasets import COCO_DATASETS_ENV, DATA_ROOT_ENV, DATASET_FILES, _loader
 from corrloss_d2.engine import launch as engine_launch
 from corrloss_d2.errors import ConfigError, DatasetError, ImageReadError, MissingFileError
-from tests.tiny import BASES, REPO, tiny_cfg
+from tests.architectures import ARCHITECTURES
+from tests.tiny import REPO, tiny_cfg
 
 CPU_CONFIG = os.path.join(REPO, "configs", "CPU", "retinanet_R_18_FPN_raccoon_scratch.yaml")
 # 1-2 iterations on 64-pixel images, no evaluation.
@@ -319,25 +320,9 @@ def test_input_error_message_finds_the_error_behind_a_traceback():
 
 
 @pytest.mark.parametrize(
-    "arch,key",
-    [
-        ("CorrRetinaNet", "MODEL.RETINANET.NUM_CLASSES"),
-        ("CorrFCOS", "MODEL.FCOS.NUM_CLASSES"),
-        ("CorrATSS", "MODEL.ATSS.NUM_CLASSES"),
-        ("CorrSparseRCNN", "MODEL.SPARSE_RCNN.NUM_CLASSES"),
-        ("CorrDINO", "MODEL.DINO.NUM_CLASSES"),
-        ("CorrYOLACT", "MODEL.YOLACT.NUM_CLASSES"),
-    ],
+    "arch,key", [(name, spec.num_classes_key) for name, spec in ARCHITECTURES.items()]
 )
 def test_class_count_is_checked_for_every_meta_architecture(tmp_path, register, arch, key):
-    assert set(BASES) == {
-        "CorrRetinaNet",
-        "CorrFCOS",
-        "CorrATSS",
-        "CorrSparseRCNN",
-        "CorrDINO",
-        "CorrYOLACT",
-    }
     name = register("two_classes", *write_dataset(tmp_path, num_classes=2))
     cfg = tiny_cfg(arch, "DATASETS.TRAIN", (), "DATASETS.TEST", (name,))  # tiny_cfg: 3 classes
     with pytest.raises(
@@ -349,12 +334,17 @@ def test_class_count_is_checked_for_every_meta_architecture(tmp_path, register, 
     check_datasets(tiny_cfg(arch, "DATASETS.TRAIN", (name,), "DATASETS.TEST", (), key, 2))
 
 
-def test_mask_model_on_a_dataset_without_masks_says_which_field_is_missing(tmp_path, register):
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_mask_model_on_a_dataset_without_masks_says_which_field_is_missing(
+    tmp_path, register, arch
+):
     name = register("boxes_only", *write_dataset(tmp_path, num_classes=3))
-    cfg = tiny_cfg("CorrYOLACT", "DATASETS.TRAIN", (), "DATASETS.TEST", (name,))
-    with pytest.raises(DatasetError, match=r"no 'segmentation' \(needs the instance's mask"):
-        check_datasets(cfg)
-    check_datasets(tiny_cfg("CorrRetinaNet", "DATASETS.TRAIN", (), "DATASETS.TEST", (name,)))
+    cfg = tiny_cfg(arch, "DATASETS.TRAIN", (), "DATASETS.TEST", (name,))
+    if ARCHITECTURES[arch].masks:
+        with pytest.raises(DatasetError, match=r"no 'segmentation' \(needs the instance's mask"):
+            check_datasets(cfg)
+    else:
+        check_datasets(cfg)  # a box model needs no masks
 
 
 def test_class_count_keys_of_detectron2_models_and_unknown_datasets():

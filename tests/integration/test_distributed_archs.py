@@ -21,6 +21,7 @@ from corrloss_d2.engine import launch_processes
 from corrloss_d2.engine.trainer import ddp_without_device_ids_for_cpu_models
 from corrloss_d2.losses import correlation_coefficients
 from corrloss_d2.modeling import ClassificationLoss, correlation_term
+from tests.architectures import ARCHITECTURES
 from tests.tiny import synthetic_batch, tiny_cfg, tiny_model
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,8 @@ pytestmark = pytest.mark.slow
 WORLD = 2
 STEPS = 2
 IMAGES_PER_PROCESS = 2
-# Each architecture with its own correlation type and classification loss.
+# A case for every architecture of tests/architectures.py: its own correlation type and
+# classification loss.
 CASES = {
     "CorrRetinaNet": ["MODEL.CORR_LOSS.TYPE", "pearson"],  # one ρ per FPN level
     "CorrFCOS": ["MODEL.CORR_LOSS.TYPE", "concordance", "MODEL.CLS_LOSS.TYPE", "ia_bce"],
@@ -53,16 +55,9 @@ CASES = {
     ],
     "CorrYOLACT": ["MODEL.CORR_LOSS.TYPE", "concordance"],  # one ρ per image, summed
 }
-# The query detectors' correlation calls of a step, in order (one per stage / decoder layer).
-RHO_SUFFIXES = {"CorrSparseRCNN": ["_stage0", "_stage1"], "CorrDINO": ["_layer0", "_layer1"]}
 # The dense detectors' loss normaliser: (initial value, EMA momentum); detectron2's for RetinaNet
 # and FCOS, the iteration's own count for ATSS (as released).
 NORMALIZER_EMA = {"CorrRetinaNet": (100, 0.9), "CorrFCOS": (300, 0.9), "CorrATSS": (100, 0.0)}
-
-
-def rho_suffixes(arch):
-    """Suffix of the logged ρ of each correlation call of a step, in call order."""
-    return RHO_SUFFIXES.get(arch, [""])
 
 
 def train_one_case(arch, gather, rank):
@@ -134,7 +129,7 @@ def train_every_case(out_dir):
     torch.set_num_threads(1)
     results = {
         (arch, gather): train_one_case(arch, gather, rank)
-        for arch in CASES
+        for arch in ARCHITECTURES
         for gather in (False, True)
     }
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -161,7 +156,8 @@ def runs(tmp_path_factory):
 
 def logged_rho(seen, step, call, arch):
     """The ρ a process logged for correlation call ``call`` of ``step``, None if none."""
-    return seen["logged"].get("corr/rho" + rho_suffixes(arch)[call], {}).get(step)
+    suffix = ARCHITECTURES[arch].corr_suffixes()[call]
+    return seen["logged"].get("corr/rho" + suffix, {}).get(step)
 
 
 def rho_of(samples):
@@ -182,7 +178,7 @@ def rho_of(samples):
 
 
 @pytest.mark.parametrize("gather", [False, True])
-@pytest.mark.parametrize("arch", list(CASES))
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_processes_stay_in_step(runs, arch, gather):
     ranks = runs[arch, gather]
     for seen in ranks:
@@ -202,10 +198,11 @@ def test_processes_stay_in_step(runs, arch, gather):
 
 
 # YOLACT divides by each process's own positive count, as released (mmdetection's YOLACT head).
-@pytest.mark.parametrize("arch", [arch for arch in CASES if arch != "CorrYOLACT"])
+@pytest.mark.parametrize("arch", [arch for arch in ARCHITECTURES if arch != "CorrYOLACT"])
 def test_loss_normalisers_are_averaged_over_processes(runs, arch):
     ranks = runs[arch, False]
-    if arch in NORMALIZER_EMA:  # EMA of the positive count, each step's averaged over processes
+    # The dense detectors: an EMA of the positive count, each step's averaged over processes.
+    if ARCHITECTURES[arch].family == "dense":
         counts = [
             [seen["logged"]["num_pos_anchors"][s] * IMAGES_PER_PROCESS for s in range(STEPS)]
             for seen in ranks
@@ -228,12 +225,12 @@ def test_loss_normalisers_are_averaged_over_processes(runs, arch):
             assert normalizers and all(n == pytest.approx(expected[step]) for n in normalizers)
 
 
-@pytest.mark.parametrize("arch", list(CASES))
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_gathered_rho_is_rho_over_all_processes_samples(runs, arch):
     ranks = runs[arch, True]
     compared = pooled_differs = 0
     for step in range(STEPS):
-        for call in range(len(rho_suffixes(arch))):
+        for call in range(len(ARCHITECTURES[arch].corr_suffixes())):
             samples = [seen["samples"][step][call] for seen in ranks]
             assert all(s["gather_across_processes"] for s in samples)
             expected = rho_of(samples)
@@ -249,7 +246,7 @@ def test_gathered_rho_is_rho_over_all_processes_samples(runs, arch):
     assert compared and pooled_differs, "the pooled ρ must be measured and differ from a process's"
 
 
-@pytest.mark.parametrize("arch", list(CASES))
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_rho_per_process_by_default(runs, arch):
     compared = 0
     for seen in runs[arch, False]:

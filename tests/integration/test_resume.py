@@ -22,14 +22,12 @@ import torch
 
 from corrloss_d2.data.datasets import COCO_DATASETS_ENV
 from corrloss_d2.engine import FORWARDED_STOP_SIGNAL, StopOnSignal
+from tests.architectures import ARCHITECTURES
 from tests.tiny import FAST, REPO, shapes_heads
 
 pytestmark = pytest.mark.slow
 
 MAX_ITER = 10
-CONFIG = os.path.join(REPO, "configs", "CPU", "retinanet_R_18_FPN_raccoon_scratch.yaml")
-DINO_CONFIG = os.path.join(REPO, "configs", "CPU", "dino_R_18_4scale_raccoon_scratch.yaml")
-YOLACT_CONFIG = os.path.join(REPO, "configs", "CPU", "yolact_R_18_FPN_shapes_scratch.yaml")
 COMMON = [
     *FAST,
     "DATALOADER.NUM_WORKERS",
@@ -159,7 +157,6 @@ def logged_losses(out):
 # random state); loading in the main process and no evaluation keep it short (loader workers and
 # evaluation are checked with one process).
 RETINANET_OPTS = ("MODEL.RETINANET.SCORE_THRESH_TEST", "0.01")
-RETINANET_LOSSES = {"total_loss", "loss_cls", "loss_box_reg", "loss_corr"}
 DINO_OPTS = (
     "MODEL.CORR_LOSS.WEIGHT",
     "0.2",
@@ -170,11 +167,6 @@ DINO_OPTS = (
     "DATASETS.TEST",
     "()",
 )
-DINO_LOSSES = {"total_loss", "loss_corr_layer0", "loss_corr_layer1"} | {
-    f"loss_{name}{suffix}"
-    for name in ("cls", "bbox", "giou")
-    for suffix in ("_enc", "_layer0", "_layer1", "_dn_layer0", "_dn_layer1")
-}
 
 # YOLACT on the embedded shapes with its released augmentation: random photometric distortion,
 # zoom-out and crops (numpy's and Python's random state) in the loader's two workers; it is the
@@ -187,35 +179,29 @@ YOLACT_OPTS = (
     "DATASETS.TEST",
     "('shapes_val_head',)",  # the first 16 held-out images, registered by the test
 )
-YOLACT_LOSSES = {
-    "total_loss",
-    "loss_cls",
-    "loss_box_reg",
-    "loss_mask",
-    "loss_semantic",
-    "loss_corr",
-}
 
 
 @pytest.mark.parametrize(
-    "config,flags,opts,signal_name,loss_names",
+    "arch,flags,opts,signal_name",
     [
         (
-            CONFIG,
+            "CorrRetinaNet",
             ("--num-gpus", "2", "--dist-url", "auto"),
             (*RETINANET_OPTS, "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "()"),
             "SIGTERM/SIGINT (passed on by the launching process)",
-            RETINANET_LOSSES,
         ),
-        (DINO_CONFIG, (), DINO_OPTS, "SIGTERM", DINO_LOSSES),
-        (YOLACT_CONFIG, (), YOLACT_OPTS, "SIGTERM", YOLACT_LOSSES),
+        ("CorrDINO", (), DINO_OPTS, "SIGTERM"),
+        ("CorrYOLACT", (), YOLACT_OPTS, "SIGTERM"),
     ],
     ids=["2 processes", "CorrDINO", "CorrYOLACT"],
 )
 def test_sigterm_then_resume_matches_uninterrupted_run(
-    tmp_path, config, flags, opts, signal_name, loss_names, metrics, monkeypatch
+    tmp_path, arch, flags, opts, signal_name, metrics, monkeypatch
 ):
-    if config == YOLACT_CONFIG:
+    spec = ARCHITECTURES[arch]
+    config = os.path.join(REPO, spec.cpu_config)
+    loss_names = {"total_loss", *spec.loss_keys(opts)}  # every case trains with λ > 0
+    if arch == "CorrYOLACT":
         monkeypatch.setenv(COCO_DATASETS_ENV, shapes_heads(tmp_path / "shapes", {"val": 16}))
     script = str(tmp_path / "train_net_logged.py")
     with open(script, "w") as f:

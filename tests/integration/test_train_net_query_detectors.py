@@ -13,16 +13,14 @@ from detectron2.engine import HookBase
 
 from corrloss_d2.config import load_corrloss_config
 from corrloss_d2.engine import CorrLossTrainer
+from tests.architectures import ARCHITECTURES, names
 from tests.tiny import FAST, REPO
 
 pytestmark = pytest.mark.slow
 
-CONFIG = os.path.join(REPO, "configs", "CPU", "sparse_rcnn_R_18_FPN_raccoon_scratch.yaml")
-CONFIGS = {
-    "CorrSparseRCNN": CONFIG,
-    "CorrDINO": os.path.join(REPO, "configs", "CPU", "dino_R_18_4scale_raccoon_scratch.yaml"),
-}
-# Two stages (decoder layers) of a narrower model; their loss and ρ suffixes.
+QUERY_DETECTORS = names(where=lambda spec: spec.family == "query")
+CONFIG = os.path.join(REPO, ARCHITECTURES["CorrSparseRCNN"].cpu_config)
+# Two stages (decoder layers) of a narrower model.
 SMALLER = {
     "CorrSparseRCNN": [
         "MODEL.SPARSE_RCNN.NUM_STAGES",
@@ -39,7 +37,6 @@ SMALLER = {
         "2",
     ],
 }
-SUFFIXES = {"CorrSparseRCNN": ["_stage0", "_stage1"], "CorrDINO": ["_layer0", "_layer1"]}
 # What 40 iterations from scratch must show, as (ratio of the losses after 40 iterations to
 # after 20, for the classification losses summed and for the total; the AP50 to exceed). The
 # thresholds sit well beyond the spread over seeds 1-5 (2-core Intel Xeon; a seed changes the
@@ -50,12 +47,12 @@ SUFFIXES = {"CorrSparseRCNN": ["_stage0", "_stage1"], "CorrDINO": ["_layer0", "_
 LEARNING = {"CorrSparseRCNN": (0.8, 0.9, 2.0), "CorrDINO": (0.8, None, None)}
 
 
-@pytest.mark.parametrize("arch", list(CONFIGS))
+@pytest.mark.parametrize("arch", QUERY_DETECTORS)
 def test_query_detector_trains_on_raccoon_and_evaluates(arch, tmp_path, train_net, metrics):
     out = str(tmp_path / "out")
     train_net(
         "--config-file",
-        CONFIGS[arch],
+        os.path.join(REPO, ARCHITECTURES[arch].cpu_config),
         *FAST,
         "SEED",
         "0",
@@ -71,9 +68,8 @@ def test_query_detector_trains_on_raccoon_and_evaluates(arch, tmp_path, train_ne
     records = metrics(out)
     trained = [r for r in records if "total_loss" in r]
     assert len(trained) == 2 and all(math.isfinite(r["total_loss"]) for r in trained)
-    assert all(
-        f"loss_corr{s}" in r and f"corr/rho{s}" in r for r in trained for s in SUFFIXES[arch]
-    )
+    suffixes = ARCHITECTURES[arch].corr_suffixes(SMALLER[arch])
+    assert all(f"loss_corr{s}" in r and f"corr/rho{s}" in r for r in trained for s in suffixes)
     classification = [sum(v for k, v in r.items() if k.startswith("loss_cls")) for r in trained]
     cls_ratio, total_ratio, min_ap50 = LEARNING[arch]
     assert classification[1] < cls_ratio * classification[0], trained
@@ -85,16 +81,8 @@ def test_query_detector_trains_on_raccoon_and_evaluates(arch, tmp_path, train_ne
         assert final["bbox/AP50"] > min_ap50, final
 
 
-@pytest.mark.parametrize(
-    "arch,mixed_matching",
-    [
-        ("CorrSparseRCNN", ["MODEL.SPARSE_RCNN.ONE_TO_MANY_K", "2"]),
-        ("CorrDINO", ["MODEL.DINO.ONE_TO_MANY_K", "2"]),
-    ],
-)
-def test_two_process_cpu_training_with_mixed_matching(
-    arch, mixed_matching, tmp_path, train_net, metrics
-):
+@pytest.mark.parametrize("arch", QUERY_DETECTORS)
+def test_two_process_cpu_training_with_mixed_matching(arch, tmp_path, train_net, metrics):
     """Every parameter must get a gradient (DDP without find_unused_parameters), and the ground-
     truth normaliser and the gathered correlation run across both processes."""
     out = str(tmp_path / "out")
@@ -104,7 +92,7 @@ def test_two_process_cpu_training_with_mixed_matching(
         "--dist-url",
         "auto",  # a free port: other multi-process tests may run beside this one
         "--config-file",
-        CONFIGS[arch],
+        os.path.join(REPO, ARCHITECTURES[arch].cpu_config),
         *FAST,
         "SOLVER.MAX_ITER",
         "4",
@@ -113,7 +101,8 @@ def test_two_process_cpu_training_with_mixed_matching(
         "MODEL.CORR_LOSS.GATHER_ACROSS_PROCESSES",
         "True",
         *SMALLER[arch],
-        *mixed_matching,
+        f"{ARCHITECTURES[arch].node}.ONE_TO_MANY_K",
+        "2",
         "MODEL.CLS_LOSS.TYPE",
         "ia_bce",
         "INPUT.TRAIN_AUGMENTATION",

@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 
 from corrloss_d2 import add_corrloss_config, validate_corrloss_config
 from corrloss_d2.compiled_ops import MissingCompiledOpError, has_compiled_ops
+from tests.architectures import ARCHITECTURES
 from tests.tiny import REPO, tiny_cfg
 
 
@@ -106,21 +107,18 @@ LOSS_KEYS = {
     ),
 }
 # The config node of each query-based detector's matching and loss weights.
-QUERY_NODES = {"CorrSparseRCNN": "MODEL.SPARSE_RCNN", "CorrDINO": "MODEL.DINO"}
+QUERY_NODES = {spec.name: spec.node for spec in ARCHITECTURES.values() if spec.family == "query"}
 CITYSCAPES = [
     p
     for p in RECIPES
     if stem(p).startswith("cityscapes_")
     or os.path.dirname(rel(p)) == os.path.join("configs", "Cityscapes")
 ]
-ARCHITECTURES = {
-    "retinanet": "CorrRetinaNet",
-    "fcos": "CorrFCOS",
-    "atss": "CorrATSS",
-    "sparse_rcnn": "CorrSparseRCNN",
-    "dino": "CorrDINO",
-    "yolact": "CorrYOLACT",
-}
+# The meta-architecture a recipe's file name starts with; the query-based detectors' prefixes
+# and the mask models'.
+ARCHITECTURE_OF_PREFIX = {spec.recipe_prefix: name for name, spec in ARCHITECTURES.items()}
+QUERY_PREFIXES = tuple(ARCHITECTURES[name].recipe_prefix for name in QUERY_NODES)
+MASK_PREFIXES = tuple(spec.recipe_prefix for spec in ARCHITECTURES.values() if spec.masks)
 ITERATIONS_PER_EPOCH = 7500  # of detrex's DETR schedules at 16 images
 
 
@@ -132,11 +130,13 @@ def test_every_recipe_has_one_home():
             home = "configs"
         elif "corr_" in name:
             home = os.path.join("projects", "CorrelationLoss", "configs")
-        elif name.startswith(("sparse_rcnn", "dino")) and "ia_bce" in name:
+        elif name.startswith(QUERY_PREFIXES) and "ia_bce" in name:
             home = os.path.join("projects", "AlignDETR", "configs")
         elif name.endswith("_baseline.yaml"):
             # mask models' COCO baselines live where detectron2 keeps its mask models'
-            coco = "COCO-InstanceSegmentation" if name.startswith("yolact") else "COCO-Detection"
+            coco = (
+                "COCO-InstanceSegmentation" if name.startswith(MASK_PREFIXES) else "COCO-Detection"
+            )
             homes = (os.path.join("configs", coco), os.path.join("configs", "Cityscapes"))
             home = folder if folder in homes else "configs/<dataset>"
         elif folder.startswith("projects"):
@@ -196,7 +196,7 @@ def test_file_name_states_architecture_depth_proposals_and_schedule(path):
     arch, family, depth, dcn, neck = re.match(
         r"(.+?)_([RX])_(\d+)(_DCN)?_(FPN|\d+scale)", name
     ).groups()
-    assert ARCHITECTURES[arch] == cfg["MODEL.META_ARCHITECTURE"]
+    assert ARCHITECTURE_OF_PREFIX[arch] == cfg["MODEL.META_ARCHITECTURE"]
     if neck != "FPN":  # a DETR's feature levels
         assert int(neck.removesuffix("scale")) == cfg["MODEL.DINO.NUM_FEATURE_LEVELS"]
     assert int(depth) == cfg["MODEL.RESNETS.DEPTH"]

@@ -1,5 +1,3 @@
-import itertools
-
 import pytest
 import torch
 from detectron2.modeling import RetinaNet
@@ -8,9 +6,10 @@ from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 
 from corrloss_d2.modeling import CorrRetinaNet
+from tests.architectures import ARCHITECTURES, names
 from tests.tiny import synthetic_batch, tiny_cfg, tiny_model
 
-ARCHS = ["CorrRetinaNet", "CorrFCOS", "CorrATSS"]
+ARCHS = names(where=lambda spec: spec.family == "dense")
 
 
 def assert_same(ours, reference):
@@ -71,11 +70,12 @@ def test_correlation_term_changes_only_classification_gradients(arch, losses_and
 
 @pytest.mark.parametrize(
     "arch,kind,cls_loss",
-    list(
-        itertools.product(
-            ARCHS, ["pearson", "concordance", "spearman"], ["focal", "ia_bce", "qfl", "vfl"]
-        )
-    ),
+    [
+        (arch, kind, cls_loss)
+        for arch in ARCHS
+        for kind in ["pearson", "concordance", "spearman"]
+        for cls_loss in ARCHITECTURES[arch].cls_losses
+    ],
 )
 def test_end_to_end_training_step_and_inference(arch, kind, cls_loss, losses_and_grads):
     model = tiny_model(
@@ -137,7 +137,7 @@ def test_training_reduces_the_loss(arch):
 
 
 @pytest.mark.parametrize(
-    "arch,expected", [("CorrRetinaNet", "level"), ("CorrFCOS", "batch"), ("CorrATSS", "batch")]
+    "arch,expected", [(arch, ARCHITECTURES[arch].default_group_by) for arch in ARCHS]
 )
 def test_paper_grouping_by_default_and_overridable(arch, expected):
     assert tiny_model(arch).correlation_loss.group_by == expected

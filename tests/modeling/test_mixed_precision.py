@@ -2,32 +2,31 @@
 detectron2's AMPTrainer does on CUDA with float16) keeps the classification, IoU-aware and
 correlation terms in float32."""
 
-import itertools
-
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.utils.events import EventStorage
 
+from corrloss_d2.losses import CLASSIFICATION_LOSS_KINDS
 from corrloss_d2.modeling import classification_loss as classification_loss_module
 from corrloss_d2.modeling import correlation_term as correlation_term_module
+from tests.architectures import ARCHITECTURES
 from tests.tiny import synthetic_batch, tiny_model
-
-ARCHS = ["CorrRetinaNet", "CorrFCOS", "CorrATSS", "CorrSparseRCNN", "CorrDINO"]
-QUERY_BASED = ("CorrSparseRCNN", "CorrDINO")  # a criterion module, a correlation term per stage
 
 
 @pytest.mark.parametrize(
-    "arch,cls_loss", list(itertools.product(ARCHS, ["focal", "ia_bce", "qfl", "vfl"]))
+    "arch,cls_loss",
+    [(name, kind) for name, spec in ARCHITECTURES.items() for kind in spec.cls_losses],
 )
 def test_bfloat16_autocast_training_step_keeps_losses_in_float32(arch, cls_loss, monkeypatch):
+    spec = ARCHITECTURES[arch]
     model = tiny_model(
         arch,
         "MODEL.CORR_LOSS.WEIGHT",
         0.3,
         "MODEL.CORR_LOSS.TYPE",
         "concordance",
-        "MODEL.CLS_LOSS.TYPE",
-        cls_loss,
+        *(["MODEL.CLS_LOSS.TYPE", cls_loss] if cls_loss in CLASSIFICATION_LOSS_KINDS else []),
     )
     model.train()
     # The dtypes the loss math receives: classification logits, correlation scores and IoUs.
@@ -42,7 +41,11 @@ def test_bfloat16_autocast_training_step_keeps_losses_in_float32(arch, cls_loss,
 
         return wrapper
 
-    if cls_loss == "focal":
+    if spec.softmax_scores:
+        # Scores that are softmax probabilities (YOLACT): the softmax cross-entropy must get
+        # float32 logits, and the correlation term float32 probabilities.
+        monkeypatch.setattr(F, "cross_entropy", spy(F.cross_entropy, "classification"))
+    elif cls_loss == "focal":
         monkeypatch.setattr(
             classification_loss_module,
             "sigmoid_focal_loss",
@@ -73,7 +76,7 @@ def test_bfloat16_autocast_training_step_keeps_losses_in_float32(arch, cls_loss,
     assert received["classification"] == {torch.float32}
     assert received["correlation"] == {torch.float32}
     corr_terms = [k for k in losses if k.startswith("loss_corr")]
-    assert len(corr_terms) == (2 if arch in QUERY_BASED else 1)
+    assert len(corr_terms) == len(spec.corr_suffixes())
     assert all(losses[k] > 0 for k in corr_terms)
     for name, value in losses.items():
         assert value.dtype == torch.float32 and torch.isfinite(value), (name, value)
@@ -81,24 +84,3 @@ def test_bfloat16_autocast_training_step_keeps_losses_in_float32(arch, cls_loss,
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"parameters without gradient (DDP would fail): {missing}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-
-
-def test_bfloat16_autocast_yolact_keeps_losses_and_correlation_in_float32(monkeypatch):
-    model = tiny_model("CorrYOLACT", "MODEL.CORR_LOSS.WEIGHT", 0.4)
-    model.train()
-    received = set()
-    coefficients = correlation_term_module.correlation_coefficients
-
-    def spy(scores, ious, *args, **kwargs):
-        received.update({scores.dtype, ious.dtype})
-        return coefficients(scores, ious, *args, **kwargs)
-
-    monkeypatch.setattr(correlation_term_module, "correlation_coefficients", spy)
-    with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = model(synthetic_batch(2, seed=1))
-    assert received == {torch.float32}
-    assert losses["loss_corr"] > 0
-    for name, value in losses.items():
-        assert value.dtype == torch.float32 and torch.isfinite(value), (name, value)
-    sum(losses.values()).backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

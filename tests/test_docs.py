@@ -181,25 +181,19 @@ def link_problems(doc: Path, text: str):
 @functools.cache
 def config_names():
     """(keys, nodes) of detectron2's ``get_cfg()`` with ``add_corrloss_config``."""
-    from detectron2.config import CfgNode, get_cfg
+    from detectron2.config import get_cfg
 
     from corrloss_d2 import add_corrloss_config
+    from corrloss_d2.config import flatten_config
 
     cfg = get_cfg()
     add_corrloss_config(cfg)
-    keys, nodes = set(), set()
-
-    def walk(node, prefix):
-        for name, value in node.items():
-            key = f"{prefix}{name}"
-            if isinstance(value, CfgNode):
-                nodes.add(key)
-                walk(value, key + ".")
-            else:
-                keys.add(key)
-
-    walk(cfg, "")
-    return frozenset(keys), frozenset(nodes)
+    keys = frozenset(flatten_config(cfg))
+    # Every node holds a key (none is empty), so the nodes are the keys' proper prefixes.
+    nodes = frozenset(
+        key.rsplit(".", depth)[0] for key in keys for depth in range(1, key.count(".") + 1)
+    )
+    return keys, nodes
 
 
 def config_key_pattern():

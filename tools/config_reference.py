@@ -21,11 +21,11 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, NamedTuple
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import get_cfg
 
 # fvcore scripts its focal loss at import; the script's output should be its own.
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
-from corrloss_d2.config import SECTIONS, add_corrloss_config  # noqa: E402
+from corrloss_d2.config import SECTIONS, add_corrloss_config, flatten_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "docs" / "config_keys.md"
@@ -148,22 +148,12 @@ def read_section(path: Path, function: str, problems: list) -> Section:
     return section
 
 
-def leaves(node: CfgNode, prefix: str = "") -> Dict[str, object]:
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, CfgNode):
-            flat.update(leaves(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def added_keys() -> Dict[str, object]:
     """The keys ``add_corrloss_config`` adds to a fresh ``get_cfg()``, and their defaults."""
     cfg = get_cfg()
-    before = leaves(cfg)
+    before = flatten_config(cfg)
     add_corrloss_config(cfg)
-    return {key: value for key, value in leaves(cfg).items() if key not in before}
+    return {key: value for key, value in flatten_config(cfg).items() if key not in before}
 
 
 def cell(text: str) -> str:

@@ -13,7 +13,7 @@ tools/config_reference.py`` writes it from these modules).
 """
 
 import os
-from typing import Sequence
+from typing import Dict, Sequence
 
 import yaml
 from detectron2.config import CfgNode as CN
@@ -32,6 +32,7 @@ __all__ = [
     "add_corrloss_config",
     "validate_corrloss_config",
     "load_corrloss_config",
+    "flatten_config",
     "is_number",
     "GROUPINGS",
     "GROUP_REDUCTIONS",
@@ -49,6 +50,18 @@ SECTIONS = (
     (add_dino_config, validate_dino_config),
     (add_yolact_config, validate_yolact_config),
 )
+
+
+def flatten_config(node: CN, prefix: str = "") -> Dict[str, object]:
+    """Every leaf key of ``node``, dotted from its root (``"MODEL.CORR_LOSS.WEIGHT"``), with its
+    value."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, CN):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def add_corrloss_config(cfg: CN) -> None:

@@ -6,12 +6,13 @@ import re
 import pytest
 import torch
 import yaml
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 from corrloss_d2 import add_corrloss_config, validate_corrloss_config
 from corrloss_d2.compiled_ops import MissingCompiledOpError, has_compiled_ops
+from corrloss_d2.config import flatten_config
 from tests.architectures import ARCHITECTURES
 from tests.tiny import REPO, tiny_cfg
 
@@ -31,20 +32,9 @@ def load(path):
     return cfg
 
 
-def flatten(node, prefix=""):
-    """{"MODEL.CORR_LOSS.WEIGHT": 0.1, ...} of a merged config."""
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, CfgNode):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 @functools.cache
 def merged(path):
-    return flatten(load(path))
+    return flatten_config(load(path))
 
 
 def differing_keys(a, b):

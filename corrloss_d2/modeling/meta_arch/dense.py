@@ -81,16 +81,14 @@ class DensePositives(NamedTuple):
     gt_class_logits: (P,) logit of the assigned ground-truth class (carries gradient).
     pred_deltas: (P, 4) predicted box deltas (carry gradient).
     anchor_boxes: (P, 4) the positives' anchors, XYXY.
-    pred_boxes: (P, 4) decoded predicted boxes, XYXY, detached.
     gt_boxes: (P, 4) assigned ground-truth boxes.
-    ious: (P,) IoU of pred_boxes with gt_boxes, detached, in [1e-6, 1].
+    ious: (P,) IoU of the decoded predicted boxes with gt_boxes, detached, in [1e-6, 1].
     level_index: (P,) int64 FPN level of each positive. image_index: (P,) int64 image.
     """
 
     gt_class_logits: torch.Tensor
     pred_deltas: torch.Tensor
     anchor_boxes: torch.Tensor
-    pred_boxes: torch.Tensor
     gt_boxes: torch.Tensor
     ious: torch.Tensor
     level_index: torch.Tensor
@@ -253,7 +251,6 @@ class CorrelationAwareDenseMixin:
             gt_class_logits,
             deltas,
             anchor_boxes,
-            pred_boxes,
             matched_gt,
             ious,
             level_of_anchor[anchor_index],
